@@ -1,1 +1,53 @@
-fn main() {}
+//! `hearth`: the command line. The only crate that picks devices and wires the others together.
+//!
+//! Subcommands live in `commands/`, one file each; model resolution (paths, the store, the
+//! Hugging Face cache) in `store`; opening a model with its tokenizer in `open`.
+
+mod commands;
+mod open;
+mod store;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "hearth", version, about = "Private AI inference on the machines you own")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt, or chat interactively when no prompt is given.
+    Run(commands::run::RunArgs),
+    /// Describe a model: architecture, parameters, quantization, memory needs.
+    Inspect(commands::inspect::InspectArgs),
+    /// List the models hearth can find locally.
+    Models,
+    /// Download a model from the Hugging Face hub into the local cache.
+    Pull(commands::pull::PullArgs),
+    /// Perplexity of a text file (DESIGN.md §5 protocol).
+    Perplexity(commands::perplexity::PerplexityArgs),
+    /// Write a model as a Hugging Face directory (BF16 safetensors, config, tokenizer).
+    Export(commands::export::ExportArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("HEARTH_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => commands::run::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
+        Command::Models => commands::models::run(),
+        Command::Pull(args) => commands::pull::run(args),
+        Command::Perplexity(args) => commands::perplexity::run(args),
+        Command::Export(args) => commands::export::run(args),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,1 +1,36 @@
-//! placeholder
+//! The engine: runs models step by step over the paged KV cache and turns logits into tokens.
+//!
+//! Owns: the model runner (`runner`: a model, its KV pool and block pool; executes one step),
+//! single-sequence generation (`generate`, what `hearth run` drives), the perplexity protocol
+//! (`perplexity`) and sampling (`sampling`, fast path beside a reference twin).
+//! Does not own: HTTP, chat templates (callers render them), file formats (`hearth-models`).
+//! The continuous-batching engine thread arrives on the same runner.
+
+pub mod generate;
+pub mod perplexity;
+pub mod runner;
+pub mod sampling;
+
+pub use generate::{FinishReason, GenerateParams, Generation, GenerationStats};
+pub use runner::{ModelRunner, RunnerParams, Sequence};
+
+/// The engine crate's one error type.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Model(#[from] hearth_models::ModelError),
+    #[error(transparent)]
+    Tokenizer(#[from] hearth_tokenizer::TokenizerError),
+    #[error(transparent)]
+    Sampling(#[from] sampling::SamplingError),
+    #[error("KV cache: {0}")]
+    Cache(#[from] hearth_scheduler::SchedulerError),
+    #[error("prompt of {num_prompt_tokens} tokens plus {max_new_tokens} new tokens exceeds the model's context of {context_length} tokens")]
+    ContextOverflow { num_prompt_tokens: usize, max_new_tokens: usize, context_length: usize },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;

@@ -1,1 +1,24 @@
-//! placeholder
+//! hearth's own compute kernels, each a fast path beside a slow reference twin.
+//!
+//! Owns: paged attention over a block-structured KV pool (CPU custom op + candle-ops reference).
+//! Does not own: model structure, weight loading, scheduling. Kernels see tensors and plain
+//! metadata (block tables, sequence lengths), never requests.
+//!
+//! Feature flags for accelerators (`cuda`, `metal`) belong here and in the CLI only.
+
+pub mod paged_attention;
+
+pub use paged_attention::{
+    paged_attention, paged_attention_reference, write_kv, AttentionLayout, SequenceSpan,
+};
+
+/// Errors raised by hearth's kernels.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("invalid attention metadata: {0}")]
+    InvalidMetadata(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, KernelError>;

@@ -1,1 +1,27 @@
-//! placeholder
+//! Model definitions and weight loading: a forward pass over a paged-KV `ForwardBatch`.
+//!
+//! Owns: model configs (`config`), weight files (GGUF and Hugging Face safetensors, `weights`),
+//! the shared transformer layers (`layers`, `attention`, `transformer`), one file per
+//! architecture (`arch`), the `ForwardBatch` and the paged KV pool (`kv_cache`).
+//! Does not own: requests, scheduling, sampling, tokenization, HTTP. A forward pass sees
+//! flattened tokens, positions, slots and block tables — never a request.
+//!
+//! Invariant: there is exactly one attention path, the paged one in `hearth-kernels`.
+
+pub mod arch;
+pub mod attention;
+pub mod config;
+pub mod error;
+pub mod forward_batch;
+pub mod kv_cache;
+pub mod layers;
+pub mod loader;
+pub mod transformer;
+pub mod weights;
+
+pub use config::{Architecture, ModelConfig};
+pub use error::{ModelError, Result};
+pub use forward_batch::{ForwardBatch, SequenceInput};
+pub use kv_cache::PagedKvCache;
+pub use loader::{load_model, LoadOptions, LoadedModel, ModelFiles, ModelFormat, QuantizeTo, WeightSummary};
+pub use transformer::Transformer;

@@ -1,0 +1,8 @@
+//! One module per subcommand.
+
+pub mod export;
+pub mod inspect;
+pub mod models;
+pub mod perplexity;
+pub mod pull;
+pub mod run;

@@ -1,0 +1,186 @@
+//! Paged attention: queries of many sequences (flattened, varlen) attend to K/V stored in a pool
+//! of fixed-size blocks, reached through each sequence's block table.
+//!
+//! Layout of the KV pool for one layer: `[num_blocks, block_size, num_kv_heads, head_dim]`.
+//! A *slot* is `block_id * block_size + offset_in_block`; token at position `p` of a sequence
+//! lives in slot `block_table[p / block_size] * block_size + p % block_size`.
+//!
+//! Invariants (checked by [`AttentionLayout::validate`]):
+//! - sequences are contiguous, in order, and cover every query row exactly once;
+//! - `num_query_tokens <= context_len` for every sequence (queries are the last tokens);
+//! - every block a sequence reaches is listed in its block table and inside the pool.
+//!
+//! The fast path is [`paged_attention`] (a CPU custom op, parallel over rows and heads, online
+//! softmax, no gather). [`paged_attention_reference`] gathers each sequence's K/V with ordinary
+//! tensor ops and runs textbook attention; tests bind the two.
+
+mod cpu;
+mod reference;
+
+use candle_core::{DType, Tensor};
+
+use crate::{KernelError, Result};
+pub use reference::paged_attention_reference;
+
+/// One sequence's share of a flattened batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SequenceSpan {
+    /// Index of the sequence's first query row in the flattened batch.
+    pub query_start_idx: usize,
+    /// Number of query rows (tokens computed this step) of the sequence.
+    pub num_query_tokens: usize,
+    /// Number of tokens in the KV cache after this step's writes (past + current).
+    pub context_len: usize,
+    /// Block ids holding the sequence's K/V, in position order.
+    pub block_table: Vec<u32>,
+}
+
+/// Everything attention needs besides the tensors: the sequences and the attention shape.
+#[derive(Debug, Clone)]
+pub struct AttentionLayout {
+    pub sequences: Vec<SequenceSpan>,
+    pub block_size: usize,
+    /// Multiplier applied to q·k (usually `head_dim^-0.5`).
+    pub scale: f32,
+    /// When set, a query at position `p` sees only positions `> p - sliding_window`.
+    pub sliding_window: Option<usize>,
+}
+
+impl AttentionLayout {
+    /// Total query rows described by the layout.
+    pub fn num_query_tokens(&self) -> usize {
+        self.sequences.iter().map(|s| s.num_query_tokens).sum()
+    }
+
+    /// Checks the layout against a pool of `num_blocks` blocks and `num_rows` query rows.
+    pub fn validate(&self, num_rows: usize, num_blocks: usize) -> Result<()> {
+        let bad = |msg: String| Err(KernelError::InvalidMetadata(msg));
+        if self.block_size == 0 {
+            return bad("block_size is 0".into());
+        }
+        let mut expected_start = 0;
+        for (seq_idx, seq) in self.sequences.iter().enumerate() {
+            if seq.query_start_idx != expected_start {
+                return bad(format!(
+                    "sequence {seq_idx} starts at row {} but row {expected_start} was expected",
+                    seq.query_start_idx
+                ));
+            }
+            if seq.num_query_tokens > seq.context_len {
+                return bad(format!(
+                    "sequence {seq_idx} has {} query tokens but a context of only {}",
+                    seq.num_query_tokens, seq.context_len
+                ));
+            }
+            let num_blocks_needed = seq.context_len.div_ceil(self.block_size);
+            if seq.block_table.len() < num_blocks_needed {
+                return bad(format!(
+                    "sequence {seq_idx} needs {num_blocks_needed} blocks for {} tokens, block table has {}",
+                    seq.context_len,
+                    seq.block_table.len()
+                ));
+            }
+            if let Some(&block) = seq.block_table[..num_blocks_needed]
+                .iter()
+                .find(|&&b| b as usize >= num_blocks)
+            {
+                return bad(format!(
+                    "sequence {seq_idx} uses block {block} but the pool has {num_blocks}"
+                ));
+            }
+            expected_start += seq.num_query_tokens;
+        }
+        if expected_start != num_rows {
+            return bad(format!(
+                "sequences cover {expected_start} query rows, the batch has {num_rows}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Slot of `position` in sequence `seq`.
+    pub(crate) fn slot(&self, seq: &SequenceSpan, position: usize) -> usize {
+        seq.block_table[position / self.block_size] as usize * self.block_size
+            + position % self.block_size
+    }
+
+    /// First position visible to a query at `position` (sliding window or 0).
+    pub(crate) fn first_visible(&self, position: usize) -> usize {
+        match self.sliding_window {
+            Some(window) => (position + 1).saturating_sub(window),
+            None => 0,
+        }
+    }
+}
+
+/// Attention of `q` `[num_tokens, num_heads, head_dim]` over the paged pool
+/// `k_cache`/`v_cache` `[num_blocks, block_size, num_kv_heads, head_dim]`; causal within each
+/// sequence. Returns `[num_tokens, num_heads, head_dim]`.
+pub fn paged_attention(
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    layout: &AttentionLayout,
+) -> Result<Tensor> {
+    check_shapes(q, k_cache, v_cache, layout)?;
+    if q.device().is_cpu() && q.dtype() == DType::F32 && k_cache.dtype() == DType::F32 {
+        let op = cpu::PagedAttentionOp { layout: layout.clone() };
+        return Ok(q.apply_op3_no_bwd(k_cache, v_cache, &op)?);
+    }
+    // Other devices and dtypes take the reference path until their kernels exist.
+    paged_attention_reference(q, k_cache, v_cache, layout)
+}
+
+/// Writes `k`, `v` `[num_tokens, num_kv_heads, head_dim]` into the pool at `slot_mapping`
+/// `[num_tokens]` (u32), in place.
+pub fn write_kv(
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    slot_mapping: &Tensor,
+) -> Result<()> {
+    let (num_blocks, block_size, num_kv_heads, head_dim) = k_cache.dims4()?;
+    let num_slots = num_blocks * block_size;
+    let row = num_kv_heads * head_dim;
+    let num_tokens = slot_mapping.dim(0)?;
+    // [num_tokens, num_kv_heads * head_dim], one slot id repeated along each row.
+    let index = slot_mapping
+        .reshape((num_tokens, 1))?
+        .broadcast_as((num_tokens, row))?
+        .contiguous()?;
+    for (cache, src) in [(k_cache, k), (v_cache, v)] {
+        let src = src.reshape((num_tokens, row))?.to_dtype(cache.dtype())?;
+        // [num_slots, num_kv_heads * head_dim], a view sharing the pool's storage.
+        cache.reshape((num_slots, row))?.scatter_set(&index, &src, 0)?;
+    }
+    Ok(())
+}
+
+fn check_shapes(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, layout: &AttentionLayout) -> Result<()> {
+    let (num_tokens, num_heads, head_dim) = q.dims3()?;
+    let (num_blocks, block_size, num_kv_heads, kv_head_dim) = k_cache.dims4()?;
+    if v_cache.dims() != k_cache.dims() {
+        return Err(KernelError::InvalidMetadata(format!(
+            "k_cache {:?} and v_cache {:?} differ",
+            k_cache.dims(),
+            v_cache.dims()
+        )));
+    }
+    if kv_head_dim != head_dim || block_size != layout.block_size {
+        return Err(KernelError::InvalidMetadata(format!(
+            "q head_dim {head_dim} / block_size {} do not match the pool {:?}",
+            layout.block_size,
+            k_cache.dims()
+        )));
+    }
+    if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+        return Err(KernelError::InvalidMetadata(format!(
+            "{num_heads} query heads cannot share {num_kv_heads} kv heads"
+        )));
+    }
+    layout.validate(num_tokens, num_blocks)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,183 @@
+//! The building blocks every architecture shares: `Linear` (dense or quantized behind one
+//! type), `Embedding`, `RmsNorm`, rotary position tables and the gated MLP.
+//!
+//! Shapes: activations are `[num_tokens, features]` — a flattened batch has no batch axis.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor, D};
+
+use crate::config::{Activation, ModelConfig, RopeScaling};
+use crate::Result;
+
+/// `y = x Wᵀ + b` with `W` dense or quantized.
+#[derive(Clone)]
+pub struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    /// `[num_tokens, in_dim]` -> `[num_tokens, out_dim]`
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.weight.forward(x)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// Token embedding table, kept quantized when stored quantized (rows are dequantized on lookup).
+#[derive(Clone)]
+pub enum Embedding {
+    Quantized(Arc<QTensor>),
+    Dense(Tensor),
+}
+
+impl Embedding {
+    /// `[num_tokens]` u32 -> `[num_tokens, hidden]`
+    pub fn forward(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
+        Ok(match self {
+            Self::Quantized(q) => q.embedding(ids)?.to_dtype(dtype)?,
+            Self::Dense(t) => t.index_select(ids, 0)?,
+        })
+    }
+
+    /// The same table as an output projection (tied embeddings).
+    pub fn as_linear(&self) -> Result<Linear> {
+        let weight = match self {
+            Self::Quantized(q) => QMatMul::from_arc(q.clone())?,
+            Self::Dense(t) => QMatMul::Tensor(t.clone()),
+        };
+        Ok(Linear::new(weight, None))
+    }
+}
+
+/// `x / rms(x) * weight`. Architectures whose norms are `1 + w` (Gemma) fold the 1 in at load.
+#[derive(Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub fn new(weight: Tensor, eps: f64) -> Self {
+        Self { weight, eps: eps as f32 }
+    }
+
+    /// Normalizes over the last dimension of any-rank input.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)?)
+    }
+}
+
+/// Precomputed cos/sin tables for rotary embeddings in the half-split (NeoX / Hugging Face)
+/// convention, indexed by absolute position.
+#[derive(Clone)]
+pub struct Rope {
+    /// `[max_positions, head_dim / 2]`
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    pub fn new(
+        config: &ModelConfig,
+        theta: f64,
+        scaling: Option<&RopeScaling>,
+        freq_factors: Option<&Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
+        let half = config.head_dim / 2;
+        let mut inv_freq: Vec<f64> = (0..half)
+            .map(|i| 1.0 / theta.powf(2.0 * i as f64 / config.head_dim as f64))
+            .collect();
+        match scaling {
+            Some(RopeScaling::Linear { factor }) => inv_freq.iter_mut().for_each(|f| *f /= factor),
+            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position }) => {
+                let low_wavelen = *original_max_position as f64 / low_freq_factor;
+                let high_wavelen = *original_max_position as f64 / high_freq_factor;
+                for f in inv_freq.iter_mut() {
+                    let wavelen = 2.0 * std::f64::consts::PI / *f;
+                    if wavelen > low_wavelen {
+                        *f /= factor;
+                    } else if wavelen >= high_wavelen {
+                        let smooth = (*original_max_position as f64 / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                    }
+                }
+            }
+            None => {}
+        }
+        if let Some(factors) = freq_factors {
+            let factors = factors.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            inv_freq.iter_mut().zip(factors).for_each(|(f, k)| *f /= k);
+        }
+        let num_positions = config.context_length.max(1);
+        let mut cos = Vec::with_capacity(num_positions * half);
+        let mut sin = Vec::with_capacity(num_positions * half);
+        for pos in 0..num_positions {
+            for f in &inv_freq {
+                let angle = pos as f64 * f;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (num_positions, half), device)?,
+            sin: Tensor::from_vec(sin, (num_positions, half), device)?,
+        })
+    }
+
+    /// Rotates `x` `[num_tokens, num_heads, head_dim]` by each token's position.
+    pub fn apply(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        // [num_tokens, head_dim / 2]
+        let cos = self.cos.index_select(positions, 0)?.to_dtype(dtype)?;
+        let sin = self.sin.index_select(positions, 0)?.to_dtype(dtype)?;
+        // rope_thd takes [batch, tokens, heads, head_dim] and [tokens, head_dim / 2] tables.
+        let x = x.unsqueeze(0)?.contiguous()?;
+        Ok(candle_nn::rotary_emb::rope_thd(&x, &cos, &sin)?.squeeze(0)?)
+    }
+}
+
+/// Gated MLP: `down(act(gate(x)) * up(x))`.
+#[derive(Clone)]
+pub struct Mlp {
+    pub gate_up: GateUp,
+    pub down: Linear,
+    pub activation: Activation,
+}
+
+/// Gate and up projections, separate or fused in one matrix (Phi-3).
+#[derive(Clone)]
+pub enum GateUp {
+    Separate { gate: Linear, up: Linear },
+    Fused(Linear),
+}
+
+impl Mlp {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (gate, up) = match &self.gate_up {
+            GateUp::Separate { gate, up } => (gate.forward(x)?, up.forward(x)?),
+            GateUp::Fused(fused) => {
+                // [num_tokens, 2 * intermediate] -> two [num_tokens, intermediate]
+                let both = fused.forward(x)?;
+                let half = both.dim(D::Minus1)? / 2;
+                (both.narrow(D::Minus1, 0, half)?, both.narrow(D::Minus1, half, half)?)
+            }
+        };
+        let gate = match self.activation {
+            Activation::Silu => candle_nn::ops::silu(&gate)?,
+            Activation::GeluTanh => gate.gelu()?,
+        };
+        self.down.forward(&(gate * up)?)
+    }
+}
