@@ -12,6 +12,7 @@ pub mod arch;
 pub mod attention;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod forward_batch;
 pub mod kv_cache;
 pub mod layers;

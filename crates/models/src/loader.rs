@@ -137,7 +137,7 @@ impl ModelFiles {
         })
     }
 
-    fn with_source<T>(&self, f: impl FnOnce(&dyn TensorSource) -> Result<T>) -> Result<T> {
+    pub(crate) fn with_source<T>(&self, f: impl FnOnce(&dyn TensorSource) -> Result<T>) -> Result<T> {
         match (&self.gguf, &self.hf_dir) {
             (Some(gguf), _) => f(&GgufSource::new(gguf, self.config.arch, self.config.num_heads, self.config.num_kv_heads)),
             (None, Some(dir)) => f(&SafetensorsSource::open_dir(dir)?),
