@@ -63,10 +63,13 @@ impl BlockPool {
 
     /// Takes one free block; the caller holds its only reference.
     pub fn allocate(&mut self) -> Result<BlockId, SchedulerError> {
-        let block_idx = self.free_queue.pop_front().ok_or(SchedulerError::OutOfBlocks {
-            num_requested: 1,
-            num_free: 0,
-        })?;
+        let block_idx = self
+            .free_queue
+            .pop_front()
+            .ok_or(SchedulerError::OutOfBlocks {
+                num_requested: 1,
+                num_free: 0,
+            })?;
         // Queued blocks have ref count 0 (invariant), so this sets it to 1.
         self.blocks[block_idx as usize].ref_count = 1;
         Ok(BlockId(block_idx))
@@ -129,7 +132,9 @@ impl BlockPool {
                     return Err(format!("block {block_idx} has ref count 0 but is not free"))
                 }
                 (n, true) => {
-                    return Err(format!("block {block_idx} has ref count {n} but is in the free queue"))
+                    return Err(format!(
+                        "block {block_idx} has ref count {n} but is in the free queue"
+                    ))
                 }
                 (_, false) => num_used += 1,
             }
@@ -148,7 +153,10 @@ impl BlockPool {
         let num_total = self.blocks.len();
         self.blocks
             .get_mut(id.0 as usize)
-            .ok_or(SchedulerError::UnknownBlock { block_idx: id.0, num_total })
+            .ok_or(SchedulerError::UnknownBlock {
+                block_idx: id.0,
+                num_total,
+            })
     }
 }
 
@@ -163,7 +171,10 @@ mod tests {
         assert_eq!(ids, vec![BlockId(0), BlockId(1), BlockId(2)]);
         assert_eq!(
             pool.allocate(),
-            Err(SchedulerError::OutOfBlocks { num_requested: 1, num_free: 0 })
+            Err(SchedulerError::OutOfBlocks {
+                num_requested: 1,
+                num_free: 0
+            })
         );
         assert_eq!(pool.num_free(), 0);
         assert_eq!(pool.check_invariants(), Ok(()));
@@ -187,7 +198,10 @@ mod tests {
         let mut pool = BlockPool::new(2).unwrap();
         let a = pool.allocate().unwrap();
         pool.free(a).unwrap();
-        assert_eq!(pool.free(a), Err(SchedulerError::DoubleFree { block_idx: a.0 }));
+        assert_eq!(
+            pool.free(a),
+            Err(SchedulerError::DoubleFree { block_idx: a.0 })
+        );
         assert_eq!(pool.num_free(), 2);
         assert_eq!(pool.check_invariants(), Ok(()));
     }
@@ -196,7 +210,13 @@ mod tests {
     fn unknown_block_is_an_error() {
         let mut pool = BlockPool::new(2).unwrap();
         let err = pool.free(BlockId(9)).unwrap_err();
-        assert_eq!(err, SchedulerError::UnknownBlock { block_idx: 9, num_total: 2 });
+        assert_eq!(
+            err,
+            SchedulerError::UnknownBlock {
+                block_idx: 9,
+                num_total: 2
+            }
+        );
         assert!(err.to_string().contains("unknown block 9"), "{err}");
         assert!(pool.touch(BlockId(2)).is_err());
         assert_eq!(pool.ref_count(BlockId(2)), None);
@@ -230,7 +250,13 @@ mod tests {
     fn allocate_many_is_all_or_nothing() {
         let mut pool = BlockPool::new(3).unwrap();
         let err = pool.allocate_many(4).unwrap_err();
-        assert_eq!(err, SchedulerError::OutOfBlocks { num_requested: 4, num_free: 3 });
+        assert_eq!(
+            err,
+            SchedulerError::OutOfBlocks {
+                num_requested: 4,
+                num_free: 3
+            }
+        );
         assert_eq!(pool.num_free(), 3);
         assert_eq!(pool.allocate_many(3).unwrap().len(), 3);
         assert_eq!(pool.check_invariants(), Ok(()));

@@ -24,7 +24,10 @@ impl BlockTable {
         if block_size == 0 {
             return Err(SchedulerError::InvalidBlockSize { block_size });
         }
-        Ok(Self { block_size, blocks: Vec::new() })
+        Ok(Self {
+            block_size,
+            blocks: Vec::new(),
+        })
     }
 
     pub fn block_size(&self) -> usize {
@@ -47,7 +50,9 @@ impl BlockTable {
 
     /// Number of additional blocks needed to hold `num_tokens` positions (0 if they fit).
     pub fn num_blocks_needed(&self, num_tokens: usize) -> usize {
-        num_tokens.div_ceil(self.block_size).saturating_sub(self.blocks.len())
+        num_tokens
+            .div_ceil(self.block_size)
+            .saturating_sub(self.blocks.len())
     }
 
     /// Grows the table so positions `0..num_tokens` have slots. Never shrinks. If the pool has
@@ -144,7 +149,13 @@ mod tests {
         let mut pool = BlockPool::new(2).unwrap();
         let mut table = BlockTable::new(2).unwrap();
         let err = table.ensure_capacity(5, &mut pool).unwrap_err();
-        assert_eq!(err, SchedulerError::OutOfBlocks { num_requested: 3, num_free: 2 });
+        assert_eq!(
+            err,
+            SchedulerError::OutOfBlocks {
+                num_requested: 3,
+                num_free: 2
+            }
+        );
         assert_eq!(table.num_blocks(), 0);
         assert_eq!(pool.num_free(), 2);
     }
@@ -200,7 +211,12 @@ mod tests {
         let mut pool = BlockPool::new(2).unwrap();
         let mut table = BlockTable::new(usize::MAX / 2).unwrap();
         let err = table.ensure_capacity(usize::MAX, &mut pool).unwrap_err();
-        assert_eq!(err, SchedulerError::CapacityOverflow { num_tokens: usize::MAX });
+        assert_eq!(
+            err,
+            SchedulerError::CapacityOverflow {
+                num_tokens: usize::MAX
+            }
+        );
         assert_eq!(pool.num_free(), 2);
     }
 }

@@ -9,7 +9,10 @@ use thiserror::Error;
 pub enum SchedulerError {
     /// Not enough free blocks; nothing was allocated by the failing call.
     #[error("out of KV-cache blocks: {num_requested} requested, {num_free} free")]
-    OutOfBlocks { num_requested: usize, num_free: usize },
+    OutOfBlocks {
+        num_requested: usize,
+        num_free: usize,
+    },
 
     /// A block id that this pool never handed out (e.g. from another pool).
     #[error("unknown block {block_idx}: the pool has {num_total} blocks")]

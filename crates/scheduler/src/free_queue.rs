@@ -47,7 +47,10 @@ impl FreeQueue {
     }
 
     pub(crate) fn contains(&self, block_idx: u32) -> bool {
-        self.in_queue.get(block_idx as usize).copied().unwrap_or(false)
+        self.in_queue
+            .get(block_idx as usize)
+            .copied()
+            .unwrap_or(false)
     }
 
     /// Appends `block_idx` (most recently freed). No-op returning false if it is already queued
@@ -148,14 +151,23 @@ impl FreeQueue {
             cursor = self.next[i];
         }
         if prev != self.tail {
-            return Err(format!("free queue ends at {prev} but tail is {}", self.tail));
+            return Err(format!(
+                "free queue ends at {prev} but tail is {}",
+                self.tail
+            ));
         }
         if num_visited != self.len {
-            return Err(format!("free queue links {num_visited} blocks but len is {}", self.len));
+            return Err(format!(
+                "free queue links {num_visited} blocks but len is {}",
+                self.len
+            ));
         }
         let num_marked = self.in_queue.iter().filter(|&&queued| queued).count();
         if num_marked != self.len {
-            return Err(format!("{num_marked} blocks marked queued but len is {}", self.len));
+            return Err(format!(
+                "{num_marked} blocks marked queued but len is {}",
+                self.len
+            ));
         }
         Ok(())
     }

@@ -16,15 +16,29 @@ const NUM_TABLES: usize = 4;
 #[derive(Debug, Clone)]
 enum Op {
     Allocate,
-    FreeHeld { held_idx: usize },
-    EnsureCapacity { table_idx: usize, num_tokens: usize },
-    Release { table_idx: usize },
+    FreeHeld {
+        held_idx: usize,
+    },
+    EnsureCapacity {
+        table_idx: usize,
+        num_tokens: usize,
+    },
+    Release {
+        table_idx: usize,
+    },
     /// Share `from`'s first block as the first block of empty table `to` (a prefix hit).
-    SharePrefix { from_idx: usize, to_idx: usize },
+    SharePrefix {
+        from_idx: usize,
+        to_idx: usize,
+    },
     /// Revive a free block by id (what a prefix-cache hit on a freed block will do).
-    TouchBlock { block_idx: u32 },
+    TouchBlock {
+        block_idx: u32,
+    },
     /// Free a block by id without holding it: must fail when its ref count is 0.
-    FreeUnheld { block_idx: u32 },
+    FreeUnheld {
+        block_idx: u32,
+    },
 }
 
 fn op_strategy(num_blocks: usize) -> impl Strategy<Value = Op> {
@@ -58,7 +72,10 @@ impl World {
                 Err(err) => {
                     prop_assert_eq!(
                         err,
-                        SchedulerError::OutOfBlocks { num_requested: 1, num_free: 0 }
+                        SchedulerError::OutOfBlocks {
+                            num_requested: 1,
+                            num_free: 0
+                        }
                     );
                     prop_assert_eq!(self.pool.num_free(), 0);
                 }
@@ -69,12 +86,18 @@ impl World {
                     self.pool.free(id).map_err(fail)?;
                 }
             }
-            Op::EnsureCapacity { table_idx, num_tokens } => {
+            Op::EnsureCapacity {
+                table_idx,
+                num_tokens,
+            } => {
                 let table = &mut self.tables[table_idx];
                 let num_needed = table.num_blocks_needed(num_tokens);
                 match table.ensure_capacity(num_tokens, &mut self.pool) {
                     Ok(()) => prop_assert!(table.num_tokens_capacity() >= num_tokens),
-                    Err(SchedulerError::OutOfBlocks { num_requested, num_free }) => {
+                    Err(SchedulerError::OutOfBlocks {
+                        num_requested,
+                        num_free,
+                    }) => {
                         prop_assert_eq!(num_requested, num_needed);
                         prop_assert!(num_free < num_needed);
                         prop_assert_eq!(&before, &(self.pool.num_free(), self.snapshot_refs()));
@@ -83,7 +106,9 @@ impl World {
                 }
             }
             Op::Release { table_idx } => {
-                self.tables[table_idx].release(&mut self.pool).map_err(fail)?;
+                self.tables[table_idx]
+                    .release(&mut self.pool)
+                    .map_err(fail)?;
                 prop_assert_eq!(self.tables[table_idx].num_blocks(), 0);
             }
             Op::SharePrefix { from_idx, to_idx } => {
