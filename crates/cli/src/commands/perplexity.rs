@@ -24,6 +24,9 @@ pub struct PerplexityArgs {
     /// Start each window with BOS (then BOS + window-1 text tokens).
     #[arg(long)]
     pub bos: bool,
+    /// Also write the greedy (top-1) prediction at every scored position to this file.
+    #[arg(long)]
+    pub top1_out: Option<PathBuf>,
 }
 
 pub fn run(args: PerplexityArgs) -> Result<()> {
@@ -46,6 +49,10 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
         report.num_scored,
         start.elapsed().as_secs_f64()
     );
+    if let Some(path) = &args.top1_out {
+        let text: Vec<String> = report.top1.iter().map(u32::to_string).collect();
+        std::fs::write(path, text.join("\n")).with_context(|| format!("writing {}", path.display()))?;
+    }
     println!("perplexity: {:.4}", report.perplexity);
     Ok(())
 }

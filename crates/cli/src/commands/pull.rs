@@ -19,7 +19,7 @@ pub fn run(args: PullArgs) -> Result<()> {
     if args.repo.split('/').count() != 2 {
         bail!("`{}` is not a repo id (expected owner/name)", args.repo);
     }
-    let api = ApiBuilder::new()
+    let api = ApiBuilder::from_env()
         .with_cache_dir(store::hf_hub_dir())
         .with_progress(true)
         .build()
