@@ -3,8 +3,6 @@
 //! is BOS + `window - 1` text tokens), score every predicted position, and report
 //! `exp(mean negative log-likelihood)`.
 
-use candle_core::{DType, D};
-
 use crate::runner::ModelRunner;
 use crate::{EngineError, Result};
 
@@ -62,11 +60,10 @@ pub fn perplexity(
         seq.token_ids = ids.clone();
         let logits = runner.compute_all_logits(&mut seq);
         runner.release(&mut seq)?;
-        // [n, vocab] -> log-probabilities of each next token
-        let log_probs = candle_nn::ops::log_softmax(&logits?.to_dtype(DType::F64)?, D::Minus1)?.to_dtype(DType::F32)?;
-        let log_probs = log_probs.to_vec2::<f32>()?;
-        for (pos, row) in log_probs.iter().enumerate().take(ids.len() - 1) {
-            total_nll -= row[ids[pos + 1] as usize] as f64;
+        // [n, vocab]
+        let logits = logits?.to_vec2::<f32>()?;
+        for (pos, row) in logits.iter().enumerate().take(ids.len() - 1) {
+            total_nll += negative_log_likelihood(row, ids[pos + 1] as usize)?;
             top1.push(argmax(row));
         }
         num_scored += ids.len() - 1;
@@ -78,6 +75,16 @@ pub fn perplexity(
     Ok(PerplexityReport { perplexity: (total_nll / num_scored as f64).exp(), num_windows, num_scored, top1 })
 }
 
+
+/// `-log softmax(row)[target]`, with the log-sum-exp taken around the row's maximum in f64.
+fn negative_log_likelihood(row: &[f32], target: usize) -> Result<f64> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum_exp: f64 = row.iter().map(|&l| (l as f64 - max).exp()).sum();
+    match row.get(target) {
+        Some(&logit) => Ok(max + sum_exp.ln() - logit as f64),
+        None => Err(EngineError::Invalid(format!("token {target} is outside the vocabulary of {}", row.len()))),
+    }
+}
 
 fn argmax(row: &[f32]) -> u32 {
     let mut best = 0;

@@ -7,25 +7,47 @@ use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
+use hearth_kernels::QuantizedMatrix;
 
 use crate::config::{Activation, ModelConfig, RopeScaling};
 use crate::Result;
 
+/// A weight matrix as stored for compute: candle's dense/quantized matmul, or hearth's own
+/// CPU kernel for the block types candle runs without SIMD (Q4_1, Q5_0, Q5_1).
+#[derive(Clone)]
+pub enum LinearWeight {
+    Candle(QMatMul),
+    Hearth(Arc<QuantizedMatrix>),
+}
+
+impl LinearWeight {
+    /// Picks hearth's kernel when it covers the tensor's type and device, else candle's path.
+    pub fn from_qtensor(q: QTensor) -> Result<Self> {
+        match QuantizedMatrix::from_qtensor(&q)? {
+            Some(matrix) => Ok(Self::Hearth(Arc::new(matrix))),
+            None => Ok(Self::Candle(QMatMul::from_qtensor(q)?)),
+        }
+    }
+}
+
 /// `y = x Wᵀ + b` with `W` dense or quantized.
 #[derive(Clone)]
 pub struct Linear {
-    weight: QMatMul,
+    weight: LinearWeight,
     bias: Option<Tensor>,
 }
 
 impl Linear {
-    pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Self {
+    pub fn new(weight: LinearWeight, bias: Option<Tensor>) -> Self {
         Self { weight, bias }
     }
 
     /// `[num_tokens, in_dim]` -> `[num_tokens, out_dim]`
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.weight.forward(x)?;
+        let y = match &self.weight {
+            LinearWeight::Candle(w) => w.forward(x)?,
+            LinearWeight::Hearth(w) => w.forward(x)?,
+        };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -55,7 +77,7 @@ impl Embedding {
             Self::Quantized(q) => QMatMul::from_arc(q.clone())?,
             Self::Dense(t) => QMatMul::Tensor(t.clone()),
         };
-        Ok(Linear::new(weight, None))
+        Ok(Linear::new(LinearWeight::Candle(weight), None))
     }
 }
 

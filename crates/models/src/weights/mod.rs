@@ -17,7 +17,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use crate::layers::{Embedding, Linear};
+use crate::layers::{Embedding, Linear, LinearWeight};
 use crate::{ModelError, Result};
 
 /// A tensor as stored: quantized blocks, or a dense tensor.
@@ -140,24 +140,24 @@ impl<'a> Weights<'a> {
         Linear::new(weight, bias)
     }
 
-    fn matmul_weight(&self, name: &str, out_dim: usize, in_dim: usize) -> QMatMul {
+    fn matmul_weight(&self, name: &str, out_dim: usize, in_dim: usize) -> LinearWeight {
         let result = match self.fetch(name, &[out_dim, in_dim]) {
-            Some(RawTensor::Quantized(q)) => QMatMul::from_qtensor(q),
+            Some(RawTensor::Quantized(q)) => LinearWeight::from_qtensor(q),
             Some(RawTensor::Dense(t)) => self.dense_matmul_weight(t, in_dim),
-            None => return QMatMul::Tensor(self.placeholder(&[out_dim, in_dim])),
+            None => return LinearWeight::Candle(QMatMul::Tensor(self.placeholder(&[out_dim, in_dim]))),
         };
         result.unwrap_or_else(|e| {
             self.record(format!("tensor `{name}`: {e}"));
-            QMatMul::Tensor(self.placeholder(&[out_dim, in_dim]))
+            LinearWeight::Candle(QMatMul::Tensor(self.placeholder(&[out_dim, in_dim])))
         })
     }
 
-    fn dense_matmul_weight(&self, t: Tensor, in_dim: usize) -> candle_core::Result<QMatMul> {
+    fn dense_matmul_weight(&self, t: Tensor, in_dim: usize) -> Result<LinearWeight> {
         match self.quantize {
             Some(q) if in_dim % q.block_size() == 0 => {
-                QMatMul::from_qtensor(QTensor::quantize(&t.to_dtype(DType::F32)?, q)?)
+                LinearWeight::from_qtensor(QTensor::quantize(&t.to_dtype(DType::F32)?, q)?)
             }
-            _ => Ok(QMatMul::Tensor(t.to_dtype(self.dtype)?)),
+            _ => Ok(LinearWeight::Candle(QMatMul::Tensor(t.to_dtype(self.dtype)?))),
         }
     }
 
