@@ -7,10 +7,12 @@
 //! Feature flags for accelerators (`cuda`, `metal`) belong here and in the CLI only.
 
 pub mod paged_attention;
+pub mod quant_matmul;
 
 pub use paged_attention::{
     paged_attention, paged_attention_reference, write_kv, AttentionLayout, SequenceSpan,
 };
+pub use quant_matmul::QuantizedMatrix;
 
 /// Errors raised by hearth's kernels.
 #[derive(Debug, thiserror::Error)]
