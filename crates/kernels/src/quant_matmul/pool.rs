@@ -2,12 +2,13 @@
 //! 10–100 µs each): the caller always works, helpers join while they are awake, and the caller
 //! never waits for a helper that has not started.
 //!
-//! Why not rayon or candle's `barrier_pool` (measured on the 2-core dev VM, one decode step of
-//! SmolLM2-135M matmuls, 66 MB of Q4_1): a caller outside rayon's pool sleeps on a condvar until
-//! the job is done, so every call pays two thread wake-ups (7.3–7.5 ms per step vs 4.8 ms on one
-//! thread); candle's barrier pool waits for *every* worker to run each call, so when another
-//! process holds a core each call waits a scheduler slice (190–290 ms per step). Here the worst
-//! case is the single-thread time plus one claimed chunk.
+//! Why not rayon or candle's `barrier_pool` (2-core dev VM shared with other builds; one decode
+//! step of SmolLM2-135M matmuls, 66 MB of Q4_1, `quant_matmul_bench sweep`): a caller outside
+//! rayon's pool sleeps on a condvar until the job is done, so every call pays thread wake-ups
+//! (6.2–6.6 ms per step, vs 5.4–5.8 ms here, with the bench at real-time priority); candle's
+//! barrier pool waits for *every* worker to run each call, so when another process holds a core
+//! each call waits a scheduler slice (190–290 ms per step under a concurrent build, vs 4.8 ms on
+//! one thread). Here the worst case is the single-thread time plus one claimed chunk.
 //!
 //! Protocol (all on sequentially consistent atomics):
 //! - the caller publishes a job (its address in `slot`, then a new `epoch`), wakes parked helpers,
@@ -120,12 +121,6 @@ impl Pool {
         };
         let job = Job { f, num_items, chunk, cursor: AtomicUsize::new(0), panicked: AtomicBool::new(false) };
         let shared = &*self.shared;
-        shared.slot.store(&job as *const Job<'_> as *mut Job<'static>, SeqCst);
-        shared.epoch.fetch_add(1, SeqCst);
-        if shared.num_parked.load(SeqCst) > 0 {
-            let _lock = shared.park_lock.lock().unwrap_or_else(|e| e.into_inner());
-            shared.wake.notify_all();
-        }
         // Closes the job and waits for helpers inside it, also if `f` panics on this thread.
         struct Close<'a>(&'a Shared);
         impl Drop for Close<'_> {
@@ -144,7 +139,14 @@ impl Pool {
                 }
             }
         }
+        // Created before publishing, so no path leaves this frame with the job published.
         let close = Close(shared);
+        shared.slot.store(&job as *const Job<'_> as *mut Job<'static>, SeqCst);
+        shared.epoch.fetch_add(1, SeqCst);
+        if shared.num_parked.load(SeqCst) > 0 {
+            let _lock = shared.park_lock.lock().unwrap_or_else(|e| e.into_inner());
+            shared.wake.notify_all();
+        }
         job.run();
         drop(close);
         drop(guard);
