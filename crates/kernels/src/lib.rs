@@ -1,6 +1,8 @@
 //! hearth's own compute kernels, each a fast path beside a slow reference twin.
 //!
-//! Owns: paged attention over a block-structured KV pool (CPU custom op + candle-ops reference).
+//! Owns: paged attention over a block-structured KV pool (CPU custom op + candle-ops reference);
+//! quantized matmul for the ggml block types candle runs without SIMD (Q4_1, Q5_0, Q5_1; AVX2
+//! tiles on a small work-sharing pool + dequantize-and-matmul reference).
 //! Does not own: model structure, weight loading, scheduling. Kernels see tensors and plain
 //! metadata (block tables, sequence lengths), never requests.
 //!
