@@ -112,12 +112,18 @@ impl<'a> Weights<'a> {
 
     /// A dense tensor in the compute dtype (norm weights, biases).
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Tensor {
-        let dense = match self.fetch(name, shape) {
-            Some(RawTensor::Dense(t)) => t.to_dtype(self.dtype),
-            Some(RawTensor::Quantized(q)) => q.dequantize(&self.device).and_then(|t| t.to_dtype(self.dtype)),
+        self.to_dense(name, shape, self.fetch(name, shape))
+    }
+
+    /// `raw` dequantized and cast to the compute dtype; a placeholder (and a recorded problem)
+    /// when it is absent or cannot be converted.
+    fn to_dense(&self, name: &str, shape: &[usize], raw: Option<RawTensor>) -> Tensor {
+        let dense = match raw {
+            Some(RawTensor::Dense(t)) => Ok(t),
+            Some(RawTensor::Quantized(q)) => q.dequantize(&self.device),
             None => return self.placeholder(shape),
         };
-        dense.unwrap_or_else(|e| {
+        dense.and_then(|t| t.to_dtype(self.dtype)).unwrap_or_else(|e| {
             self.record(format!("tensor `{name}`: {e}"));
             self.placeholder(shape)
         })
@@ -161,27 +167,14 @@ impl<'a> Weights<'a> {
         }
     }
 
-    /// Token embedding table `[vocab, hidden]`, kept quantized when stored quantized.
+    /// Token embedding table `[vocab, hidden]`, kept quantized when stored in a block type.
     pub fn embedding(&self, name: &str, vocab: usize, hidden: usize) -> Embedding {
-        match self.fetch(name, &[vocab, hidden]) {
+        let shape = [vocab, hidden];
+        match self.fetch(name, &shape) {
             Some(RawTensor::Quantized(q)) if !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) => {
                 Embedding::Quantized(Arc::new(q))
             }
-            Some(RawTensor::Quantized(q)) => match q.dequantize(&self.device).and_then(|t| t.to_dtype(self.dtype)) {
-                Ok(t) => Embedding::Dense(t),
-                Err(e) => {
-                    self.record(format!("tensor `{name}`: {e}"));
-                    Embedding::Dense(self.placeholder(&[vocab, hidden]))
-                }
-            },
-            Some(RawTensor::Dense(t)) => match t.to_dtype(self.dtype) {
-                Ok(t) => Embedding::Dense(t),
-                Err(e) => {
-                    self.record(format!("tensor `{name}`: {e}"));
-                    Embedding::Dense(self.placeholder(&[vocab, hidden]))
-                }
-            },
-            None => Embedding::Dense(self.placeholder(&[vocab, hidden])),
+            raw => Embedding::Dense(self.to_dense(name, &shape, raw)),
         }
     }
 
