@@ -6,7 +6,7 @@
 //! name is an error (a wrong split silently changes every token id).
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
@@ -129,12 +129,7 @@ pub(super) fn build(meta: &Meta<'_>, vocab: &GgufVocab<'_>) -> Result<(tokenizer
                 })
         })
         .collect::<Result<Vec<_>>>()?;
-    let vocab_map: Vocab = vocab
-        .tokens
-        .iter()
-        .enumerate()
-        .map(|(id, text)| (text.to_string(), id as u32))
-        .collect();
+    let vocab_map = vocab.token_ids();
     let bpe = BPE::builder()
         .vocab_and_merges(vocab_map, merges)
         .ignore_merges(family == PreFamily::Llama3)

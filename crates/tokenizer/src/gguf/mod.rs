@@ -93,6 +93,11 @@ impl<'a> GgufVocab<'a> {
             .collect()
     }
 
+    /// Token text -> id, the map both BPE builders hand to `tokenizers`.
+    fn token_ids(&self) -> tokenizers::models::bpe::Vocab {
+        self.tokens.iter().enumerate().map(|(id, text)| (text.to_string(), id as u32)).collect()
+    }
+
     fn checked_id(&self, key: &str, id: Option<u32>) -> Result<Option<u32>> {
         match id {
             Some(id) if id as usize >= self.tokens.len() => Err(TokenizerError::invalid_metadata(

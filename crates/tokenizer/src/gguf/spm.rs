@@ -48,12 +48,7 @@ pub(super) fn build(meta: &Meta<'_>, vocab: &GgufVocab<'_>) -> Result<tokenizers
         None => None,
     };
 
-    let vocab_map: Vocab = vocab
-        .tokens
-        .iter()
-        .enumerate()
-        .map(|(id, text)| (text.to_string(), id as u32))
-        .collect();
+    let vocab_map = vocab.token_ids();
     let merges = merges_from_scores(&vocab.tokens, &scores, &vocab_map);
     let mut builder = BPE::builder()
         .vocab_and_merges(vocab_map, merges)
