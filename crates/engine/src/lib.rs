@@ -4,12 +4,13 @@
 //! single-sequence generation (`generate`, what `hearth run` drives), the perplexity protocol
 //! (`perplexity`) and sampling (`sampling`, fast path beside a reference twin).
 //! Does not own: HTTP, chat templates (callers render them), file formats (`hearth-models`).
-//! The continuous-batching engine thread arrives on the same runner.
+//! Serving many requests at once (`serve`): the engine thread, its async handle, the executor.
 
 pub mod generate;
 pub mod perplexity;
 pub mod runner;
 pub mod sampling;
+pub mod serve;
 
 pub use generate::{FinishReason, GenerateParams, Generation, GenerationStats};
 pub use runner::{ModelRunner, RunnerParams, Sequence};
@@ -29,6 +30,8 @@ pub enum EngineError {
     ContextOverflow { num_prompt_tokens: usize, max_new_tokens: usize, context_length: usize },
     #[error("{0}")]
     Invalid(String),
+    #[error("the engine is shutting down")]
+    ShuttingDown,
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

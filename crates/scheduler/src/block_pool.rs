@@ -1,33 +1,51 @@
-//! `BlockPool`: the fixed set of KV-cache blocks, their reference counts, and the free queue.
+//! `BlockPool`: the fixed set of KV-cache blocks, their reference counts, the free queue, and
+//! the prefix cache's hash -> block map.
 //!
-//! Owns: which blocks are free, how many holders each used block has, and the order in which
-//! free blocks are handed out (least recently freed first, so a later prefix cache evicts in
-//! LRU order). Does not own: which sequence holds which block (that is `BlockTable`'s), block
-//! contents, or block hashes (the prefix cache will add `hash: Option<BlockHash>` to
-//! `BlockMeta` and a hash -> block map; `allocate` then evicts the hash of the block it pops,
-//! and `touch` is already the cache-hit path that revives a freed block).
+//! Owns: which blocks are free, how many holders each used block has, the order in which free
+//! blocks are handed out (least recently freed first, so cached blocks are evicted in LRU
+//! order), and which block holds which registered `BlockHash`. A freed block keeps its hash and
+//! stays findable (`cached_block`) while it sits in the free queue; `touch` revives it on a
+//! cache hit, and `allocate` evicts the hash of the block it pops. Does not own: which sequence
+//! holds which block (that is `BlockTable`'s), block contents, how hashes are computed
+//! (`prefix_cache`), or when a block is full enough to register (`KvCacheManager`).
 //!
 //! Invariants (`check_invariants`): every block is either free (ref count 0, in the free queue
-//! exactly once) or used (ref count >= 1, not in the queue); `num_free + num_used == num_total`.
+//! exactly once) or used (ref count >= 1, not in the queue); `num_free + num_used == num_total`;
+//! a block's metadata holds hash `h` exactly when the map sends `h` to that block.
 
 use crate::error::SchedulerError;
 use crate::free_queue::FreeQueue;
+use crate::prefix_cache::{BlockHash, PrefixCache};
 
 /// Index of one KV-cache block in its pool (`0..num_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BlockId(pub u32);
 
-/// Per-block bookkeeping. The prefix cache will add the block's hash here.
+/// Per-block bookkeeping.
 #[derive(Debug, Clone, Default)]
 struct BlockMeta {
     /// Number of holders (block tables, or the caller of `allocate`/`touch`). 0 = free.
     ref_count: u32,
+    /// The registered hash of the block's contents, kept while free until evicted.
+    hash: Option<BlockHash>,
+}
+
+/// What `BlockPool::register` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// The block now holds the hash.
+    Registered,
+    /// The block already held this hash (e.g. it was a cache hit).
+    AlreadyRegistered,
+    /// Another block holds this hash; this block stays unregistered.
+    HeldByOtherBlock(BlockId),
 }
 
 #[derive(Debug, Clone)]
 pub struct BlockPool {
     blocks: Vec<BlockMeta>,
     free_queue: FreeQueue,
+    prefix_cache: PrefixCache,
 }
 
 impl BlockPool {
@@ -46,6 +64,7 @@ impl BlockPool {
         Ok(Self {
             blocks: vec![BlockMeta::default(); num_blocks],
             free_queue: FreeQueue::new_full(num_blocks_u32),
+            prefix_cache: PrefixCache::default(),
         })
     }
 
@@ -61,7 +80,13 @@ impl BlockPool {
         self.num_total() - self.num_free()
     }
 
-    /// Takes one free block; the caller holds its only reference.
+    /// Number of blocks holding a registered hash (used or free).
+    pub fn num_cached_blocks(&self) -> usize {
+        self.prefix_cache.len()
+    }
+
+    /// Takes the least recently freed block, evicting its hash if it has one; the caller holds
+    /// its only reference.
     pub fn allocate(&mut self) -> Result<BlockId, SchedulerError> {
         let block_idx = self
             .free_queue
@@ -70,9 +95,14 @@ impl BlockPool {
                 num_requested: 1,
                 num_free: 0,
             })?;
+        let id = BlockId(block_idx);
+        let meta = &mut self.blocks[block_idx as usize];
         // Queued blocks have ref count 0 (invariant), so this sets it to 1.
-        self.blocks[block_idx as usize].ref_count = 1;
-        Ok(BlockId(block_idx))
+        meta.ref_count = 1;
+        if let Some(hash) = meta.hash.take() {
+            self.prefix_cache.remove(hash, id);
+        }
+        Ok(id)
     }
 
     /// Takes `num_blocks` free blocks, or none at all if fewer are free.
@@ -86,7 +116,8 @@ impl BlockPool {
         (0..num_blocks).map(|_| self.allocate()).collect()
     }
 
-    /// Drops one reference; a block whose count reaches 0 goes to the back of the free queue.
+    /// Drops one reference; a block whose count reaches 0 goes to the back of the free queue
+    /// (keeping its hash, so it stays a cache hit until evicted).
     pub fn free(&mut self, id: BlockId) -> Result<(), SchedulerError> {
         let meta = self.meta_mut(id)?;
         if meta.ref_count == 0 {
@@ -100,8 +131,8 @@ impl BlockPool {
     }
 
     /// Adds one reference to a block, used or free. A free block leaves the free queue with its
-    /// contents intact: this is how a shared prefix gains a holder, and how the prefix cache
-    /// will revive a freed block on a cache hit.
+    /// contents and hash intact: this is how a shared prefix gains a holder, and how a prefix
+    /// cache hit revives a freed block.
     pub fn touch(&mut self, id: BlockId) -> Result<(), SchedulerError> {
         let meta = self.meta_mut(id)?;
         let ref_count = meta
@@ -118,6 +149,37 @@ impl BlockPool {
     /// Reference count of `id`, or `None` if the pool has no such block.
     pub fn ref_count(&self, id: BlockId) -> Option<u32> {
         self.blocks.get(id.0 as usize).map(|meta| meta.ref_count)
+    }
+
+    /// The block registered under `hash`, used or free.
+    pub fn cached_block(&self, hash: BlockHash) -> Option<BlockId> {
+        self.prefix_cache.get(hash)
+    }
+
+    /// The hash `id` is registered under, if any.
+    pub fn block_hash(&self, id: BlockId) -> Option<BlockHash> {
+        self.blocks.get(id.0 as usize).and_then(|meta| meta.hash)
+    }
+
+    /// Registers `hash` (the hash of `id`'s full contents) so later requests can find `id`.
+    /// If another block already holds `hash`, `id` stays unregistered. A block holding a
+    /// different hash is an error (its contents cannot have changed while it was held).
+    pub fn register(
+        &mut self,
+        id: BlockId,
+        hash: BlockHash,
+    ) -> Result<Registration, SchedulerError> {
+        match self.meta_mut(id)?.hash {
+            Some(held) if held == hash => return Ok(Registration::AlreadyRegistered),
+            Some(_) => return Err(SchedulerError::BlockHashConflict { block_idx: id.0 }),
+            None => {}
+        }
+        let holder = self.prefix_cache.insert_if_absent(hash, id);
+        if holder != id {
+            return Ok(Registration::HeldByOtherBlock(holder));
+        }
+        self.meta_mut(id)?.hash = Some(hash);
+        Ok(Registration::Registered)
     }
 
     /// Checks the pool's invariants; the error says which one broke and where.
@@ -145,6 +207,24 @@ impl BlockPool {
                 self.num_free(),
                 self.num_total()
             ));
+        }
+        for (hash, id) in self.prefix_cache.iter() {
+            let held = self.block_hash(id);
+            if held != Some(hash) {
+                return Err(format!(
+                    "prefix cache maps {hash} to block {} whose metadata holds {held:?}",
+                    id.0
+                ));
+            }
+        }
+        for (block_idx, meta) in self.blocks.iter().enumerate() {
+            if let Some(hash) = meta.hash {
+                if self.prefix_cache.get(hash) != Some(BlockId(block_idx as u32)) {
+                    return Err(format!(
+                        "block {block_idx} holds {hash} but the prefix cache does not map it there"
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -267,6 +347,45 @@ mod tests {
         let mut pool = BlockPool::new(0).unwrap();
         assert_eq!(pool.num_total(), 0);
         assert!(pool.allocate().is_err());
+        assert_eq!(pool.check_invariants(), Ok(()));
+    }
+
+    #[test]
+    fn freed_block_stays_cached_until_allocate_evicts_it() {
+        let mut pool = BlockPool::new(2).unwrap();
+        let a = pool.allocate().unwrap();
+        assert_eq!(pool.register(a, BlockHash(5)), Ok(Registration::Registered));
+        assert_eq!(
+            pool.register(a, BlockHash(5)),
+            Ok(Registration::AlreadyRegistered)
+        );
+        assert_eq!(
+            pool.register(a, BlockHash(6)),
+            Err(SchedulerError::BlockHashConflict { block_idx: a.0 })
+        );
+        pool.free(a).unwrap();
+        assert_eq!(pool.cached_block(BlockHash(5)), Some(a));
+        assert_eq!(pool.num_cached_blocks(), 1);
+        assert_eq!(pool.check_invariants(), Ok(()));
+        // Queue is [1, a]: block 1 goes first, then `a` is evicted.
+        assert_eq!(pool.allocate().unwrap(), BlockId(1));
+        assert_eq!(pool.allocate().unwrap(), a);
+        assert_eq!(pool.cached_block(BlockHash(5)), None);
+        assert_eq!(pool.block_hash(a), None);
+        assert_eq!(pool.check_invariants(), Ok(()));
+    }
+
+    #[test]
+    fn second_block_with_a_registered_hash_stays_unregistered() {
+        let mut pool = BlockPool::new(2).unwrap();
+        let a = pool.allocate().unwrap();
+        let b = pool.allocate().unwrap();
+        pool.register(a, BlockHash(9)).unwrap();
+        assert_eq!(
+            pool.register(b, BlockHash(9)),
+            Ok(Registration::HeldByOtherBlock(a))
+        );
+        assert_eq!(pool.block_hash(b), None);
         assert_eq!(pool.check_invariants(), Ok(()));
     }
 

@@ -1,0 +1,240 @@
+//! The engine thread: drain commands → `schedule` → `execute` → process outputs → `update`,
+//! until every handle and stream is gone.
+//!
+//! Owns: the `Scheduler`, the `Executor`, each live request's `OutputProcessor` and delta
+//! sender, and publishing `EngineStats` after every step. Does not own: HTTP, prompt
+//! rendering, or how a step is computed.
+//!
+//! Invariants: a request is in `requests` exactly while the scheduler knows it; every request
+//! that leaves gets exactly one final delta (unless its stream was dropped, which is what
+//! removed it); the thread blocks on the command channel whenever it has nothing to run.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::sync::{Arc, Mutex};
+
+use hearth_scheduler::{NewRequest, RequestId, SampledToken, Scheduler, SchedulerConfig, StepPlan};
+use hearth_tokenizer::Tokenizer;
+
+use super::executor::{Executor, SampledOutput, SamplingSetup};
+use super::handle::DeltaSender;
+use super::output::OutputProcessor;
+use super::request::{EngineRequest, EngineStats};
+use crate::{EngineError, Result};
+
+/// Sizes and limits of a serving engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Blocks in the KV pool (the executor's cache has the same number).
+    pub num_blocks: usize,
+    /// Most tokens computed in one step (all requests together).
+    pub max_num_batched_tokens: usize,
+    /// Most requests in one step.
+    pub max_num_seqs: usize,
+    /// The model's context length: prompt + max_tokens must fit.
+    pub max_model_len: usize,
+    pub vocab_size: usize,
+    /// Distinguishes this model's cached blocks from another's with the same tokens.
+    pub cache_salt: u64,
+}
+
+impl EngineConfig {
+    fn scheduler_config(&self) -> SchedulerConfig {
+        SchedulerConfig {
+            block_size: self.block_size,
+            num_blocks: self.num_blocks,
+            max_num_batched_tokens: self.max_num_batched_tokens,
+            max_num_seqs: self.max_num_seqs,
+            max_model_len: self.max_model_len,
+        }
+    }
+}
+
+pub(crate) enum Command {
+    Add { id: RequestId, request: EngineRequest, deltas: DeltaSender },
+    Abort(RequestId),
+}
+
+/// Starts the engine thread; returns the sender its handles use.
+pub(crate) fn spawn(
+    executor: Box<dyn Executor>,
+    tokenizer: Arc<Tokenizer>,
+    config: EngineConfig,
+    stats: Arc<Mutex<EngineStats>>,
+) -> Result<mpsc::Sender<Command>> {
+    let scheduler = Scheduler::new(config.scheduler_config())?;
+    let (commands_tx, commands) = mpsc::channel();
+    let engine = EngineLoop { scheduler, executor, tokenizer, config, requests: HashMap::new(), commands, stats };
+    std::thread::Builder::new()
+        .name("hearth-engine".into())
+        .spawn(move || engine.run())
+        .map_err(|err| EngineError::Invalid(format!("cannot start the engine thread: {err}")))?;
+    Ok(commands_tx)
+}
+
+struct LiveRequest {
+    output: OutputProcessor,
+    deltas: DeltaSender,
+}
+
+struct EngineLoop {
+    scheduler: Scheduler,
+    executor: Box<dyn Executor>,
+    tokenizer: Arc<Tokenizer>,
+    config: EngineConfig,
+    requests: HashMap<RequestId, LiveRequest>,
+    commands: Receiver<Command>,
+    stats: Arc<Mutex<EngineStats>>,
+}
+
+impl EngineLoop {
+    fn run(mut self) {
+        loop {
+            if !self.scheduler.has_unfinished() {
+                // Idle: sleep until a command arrives; all senders gone means shut down.
+                match self.commands.recv() {
+                    Ok(command) => self.handle(command),
+                    Err(_) => return,
+                }
+            }
+            loop {
+                match self.commands.try_recv() {
+                    Ok(command) => self.handle(command),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) if self.scheduler.has_unfinished() => break,
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            }
+            if self.scheduler.has_unfinished() {
+                self.step();
+            }
+            self.publish_stats();
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Add { id, request, deltas } => self.add(id, request, deltas),
+            Command::Abort(id) => self.remove(id),
+        }
+    }
+
+    fn add(&mut self, id: RequestId, request: EngineRequest, deltas: DeltaSender) {
+        let output = OutputProcessor::new(self.tokenizer.clone(), &request);
+        let setup = SamplingSetup {
+            params: request.sampling.clone(),
+            prompt_token_ids: request.prompt_token_ids.clone(),
+            logprobs: request.logprobs,
+        };
+        let new_request = NewRequest {
+            id,
+            prompt_token_ids: request.prompt_token_ids,
+            max_tokens: request.max_tokens,
+            cache_salt: self.config.cache_salt,
+        };
+        let added = self
+            .executor
+            .add_request(id, setup)
+            .and_then(|()| self.scheduler.add_request(new_request).map_err(EngineError::from));
+        if let Err(err) = added {
+            self.executor.remove_request(id);
+            let _ = deltas.send(output.failed(err.to_string()));
+            return;
+        }
+        self.requests.insert(id, LiveRequest { output, deltas });
+    }
+
+    /// Forgets a request everywhere (abort, or its stream is gone).
+    fn remove(&mut self, id: RequestId) {
+        self.scheduler.abort_request(id);
+        self.executor.remove_request(id);
+        self.requests.remove(&id);
+    }
+
+    fn step(&mut self) {
+        let plan = self.scheduler.schedule();
+        if plan.requests.is_empty() {
+            // Cannot happen while every admitted request fits the pool alone (add_request
+            // checks); fail loudly rather than spin.
+            self.fail_all("the scheduler could not place any request".into());
+            return;
+        }
+        for scheduled in &plan.requests {
+            if let Some(live) = self.requests.get_mut(&scheduled.id) {
+                live.output.set_cached_tokens(scheduled.num_cached_prompt_tokens);
+            }
+        }
+        match self.executor.execute(&plan) {
+            Ok(outputs) => self.apply(&plan, outputs),
+            Err(err) => {
+                tracing::error!("step failed: {err}");
+                let message = format!("the engine failed to run a step: {err}");
+                for scheduled in &plan.requests {
+                    self.fail(scheduled.id, message.clone());
+                }
+            }
+        }
+    }
+
+    /// Turns sampled tokens into deltas, applies the step to the scheduler, and only then
+    /// sends the deltas: a client that sees its final delta sees its blocks already freed.
+    fn apply(&mut self, plan: &StepPlan, outputs: Vec<SampledOutput>) {
+        let mut sampled = Vec::with_capacity(outputs.len());
+        let mut deltas = Vec::with_capacity(outputs.len());
+        for output in outputs {
+            let Some(live) = self.requests.get_mut(&output.id) else { continue };
+            let delta = live.output.push(output.token_id, output.logprob).unwrap_or_else(|err| live.output.failed(format!("detokenization failed: {err}")));
+            sampled.push(SampledToken { id: output.id, token_id: output.token_id, finished: delta.finish.is_some() });
+            deltas.push((output.id, delta));
+        }
+        if let Err(err) = self.scheduler.update(plan, &sampled) {
+            // A broken contract between loop and scheduler: nothing can be trusted any more.
+            tracing::error!("scheduler update failed: {err}");
+            self.fail_all(format!("internal scheduler error: {err}"));
+            return;
+        }
+        self.publish_stats();
+        for (id, delta) in deltas {
+            let finished = delta.finish.is_some();
+            let receiver_gone = self.requests.get(&id).is_none_or(|live| live.deltas.send(delta).is_err());
+            if finished {
+                self.executor.remove_request(id);
+                self.requests.remove(&id);
+            } else if receiver_gone {
+                self.remove(id);
+            }
+        }
+    }
+
+    fn fail(&mut self, id: RequestId, message: String) {
+        if let Some(live) = self.requests.get(&id) {
+            let _ = live.deltas.send(live.output.failed(message));
+        }
+        self.remove(id);
+    }
+
+    fn fail_all(&mut self, message: String) {
+        let ids: Vec<RequestId> = self.requests.keys().copied().collect();
+        for id in ids {
+            self.fail(id, message.clone());
+        }
+    }
+
+    fn publish_stats(&self) {
+        let scheduler = self.scheduler.stats();
+        let stats = EngineStats {
+            num_running: scheduler.num_running,
+            num_waiting: scheduler.num_waiting,
+            num_kv_blocks_used: scheduler.num_blocks_used,
+            num_kv_blocks_total: scheduler.num_blocks_total,
+            num_prefix_query_tokens: scheduler.num_prefix_query_tokens,
+            num_prefix_hit_tokens: scheduler.num_prefix_hit_tokens,
+            num_preemptions: scheduler.num_preemptions,
+        };
+        if let Ok(mut shared) = self.stats.lock() {
+            *shared = stats;
+        }
+    }
+}
