@@ -24,6 +24,8 @@ enum Command {
     Inspect(commands::inspect::InspectArgs),
     /// List the models hearth can find locally.
     Models,
+    /// Serve a model over OpenAI- and Ollama-compatible HTTP APIs.
+    Serve(commands::serve::ServeArgs),
     /// Download a model from the Hugging Face hub into the local cache.
     Pull(commands::pull::PullArgs),
     /// Perplexity of a text file (DESIGN.md §5 protocol).
@@ -42,6 +44,7 @@ fn main() {
         Command::Run(args) => commands::run::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Models => commands::models::run(),
+        Command::Serve(args) => commands::serve::run(args),
         Command::Pull(args) => commands::pull::run(args),
         Command::Perplexity(args) => commands::perplexity::run(args),
         Command::Export(args) => commands::export::run(args),

@@ -29,7 +29,7 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    fn quantize(&self) -> Result<Option<QuantizeTo>> {
+    pub fn quantize(&self) -> Result<Option<QuantizeTo>> {
         match &self.quant {
             None => Ok(None),
             Some(q) => match QuantizeTo::parse(q) {

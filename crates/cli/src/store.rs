@@ -57,6 +57,20 @@ pub fn resolve(model: Option<&str>) -> Result<PathBuf> {
     bail!("model `{name}` not found ({hint}); looked in {} and {}", store_dir().display(), hf_hub_dir().display())
 }
 
+/// The name a served model answers to: the store name or repo id as given, or a path's file
+/// stem (`/models/qwen.gguf` -> `qwen`).
+pub fn served_name(model: Option<&str>) -> String {
+    let name = model.unwrap_or(DEFAULT_MODEL);
+    let as_path = Path::new(name);
+    if as_path.exists() {
+        let stem = as_path.file_stem().or_else(|| as_path.file_name());
+        if let Some(stem) = stem {
+            return stem.to_string_lossy().into_owned();
+        }
+    }
+    name.to_string()
+}
+
 fn find_in_store(name: &str) -> Option<PathBuf> {
     let dir = store_dir();
     [dir.join(name), dir.join(format!("{name}.gguf"))].into_iter().find(|p| p.exists())

@@ -6,3 +6,4 @@ pub mod models;
 pub mod perplexity;
 pub mod pull;
 pub mod run;
+pub mod serve;

@@ -156,9 +156,11 @@ impl EngineLoop {
     fn step(&mut self) {
         let plan = self.scheduler.schedule();
         if plan.requests.is_empty() {
-            // Cannot happen while every admitted request fits the pool alone (add_request
-            // checks); fail loudly rather than spin.
-            self.fail_all("the scheduler could not place any request".into());
+            if plan.preempted.is_empty() {
+                // Nothing runnable and nothing freed: cannot happen while every request fits
+                // the pool alone (add_request checks); fail loudly rather than spin.
+                self.fail_all("the scheduler could not place any request".into());
+            }
             return;
         }
         for scheduled in &plan.requests {

@@ -1,0 +1,171 @@
+//! `hearth serve`: load a model, size its KV pool from a memory budget, start the engine
+//! thread and serve the OpenAI- and Ollama-compatible HTTP API until SIGTERM/Ctrl-C.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use hearth_engine::serve::{EngineConfig, EngineHandle, KvPoolParams, KvPoolPlan, LocalExecutor, ModelInfo};
+use hearth_models::LoadOptions;
+use hearth_server::ServeOptions;
+
+use crate::open::{open_files, tokenizer_for, ModelArgs};
+use crate::store;
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer <key>` on API routes.
+    #[arg(long, env = "HEARTH_API_KEY")]
+    pub api_key: Option<String>,
+    /// Memory for the KV cache, e.g. `2GiB`, `512MiB` (default: a quarter of available memory).
+    #[arg(long)]
+    pub kv_memory: Option<String>,
+    /// Tokens per KV block (prefix caching shares whole blocks).
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    /// Most tokens computed in one step; bounds how long a prompt chunk delays others.
+    #[arg(long, default_value_t = 512)]
+    pub max_batched_tokens: usize,
+    /// Most requests running at once.
+    #[arg(long, default_value_t = 64)]
+    pub max_seqs: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM/Ctrl-C.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_timeout: u64,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let handle = start_engine(&args)?;
+    let options = ServeOptions {
+        host: args.host.clone(),
+        port: args.port,
+        api_key: args.api_key.clone(),
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        max_body_bytes: args.max_body_bytes,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(hearth_server::serve(handle, options))?;
+    Ok(())
+}
+
+fn start_engine(args: &ServeArgs) -> Result<EngineHandle> {
+    let path = store::resolve(args.model.model.as_deref())?;
+    let files = open_files(&path)?;
+    let tokenizer = Arc::new(tokenizer_for(&files)?);
+    let summary = files.weight_summary()?;
+    let config = files.config.clone();
+    let loaded = files
+        .load(&LoadOptions { quantize: args.model.quantize()?, ..LoadOptions::default() })
+        .with_context(|| format!("loading {}", path.display()))?;
+
+    let kv_dtype = DType::F32;
+    let budget = match &args.kv_memory {
+        Some(text) => parse_bytes(text)?,
+        None => available_memory_bytes()? / 4,
+    };
+    let pool = KvPoolPlan::for_budget(budget, config.kv_bytes_per_token(kv_dtype.size_in_bytes()) as u64, args.block_size)?;
+    let max_model_len = pool.max_request_len(config.context_length);
+    eprintln!(
+        "KV cache: {} blocks of {} tokens = {} tokens, {:.1} MiB; longest request {max_model_len} tokens (context {})",
+        pool.num_blocks,
+        pool.block_size,
+        pool.num_tokens(),
+        pool.num_bytes() as f64 / (1 << 20) as f64,
+        config.context_length
+    );
+    let executor = LocalExecutor::new(
+        loaded.model,
+        KvPoolParams { num_blocks: pool.num_blocks, block_size: pool.block_size, dtype: kv_dtype },
+        &Device::Cpu,
+    )?;
+    let info = ModelInfo {
+        name: store::served_name(args.model.model.as_deref()),
+        architecture: config.arch.name().to_string(),
+        context_length: config.context_length,
+        quantization: dominant_type(&summary),
+        num_parameters: summary.num_params,
+        created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+    };
+    let engine_config = EngineConfig {
+        block_size: pool.block_size,
+        num_blocks: pool.num_blocks,
+        max_num_batched_tokens: args.max_batched_tokens,
+        max_num_seqs: args.max_seqs,
+        max_model_len,
+        vocab_size: config.vocab_size,
+        cache_salt: salt_for(&path),
+    };
+    Ok(EngineHandle::spawn(Box::new(executor), tokenizer, info, engine_config)?)
+}
+
+/// The storage type holding most parameters, e.g. "Q4_1".
+fn dominant_type(summary: &hearth_models::WeightSummary) -> String {
+    summary.by_type.iter().max_by_key(|(_, (_, num_params))| *num_params).map_or_else(|| "unknown".into(), |(t, _)| t.clone())
+}
+
+/// Distinguishes cached blocks of different models (stable across restarts of the same file).
+fn salt_for(path: &std::path::Path) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    path.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Parses `2GiB`, `512MiB`, `1.5GB`, `1000000` (bytes).
+fn parse_bytes(text: &str) -> Result<u64> {
+    let trimmed = text.trim();
+    let split = trimmed.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let value: f64 = number.parse().with_context(|| format!("--kv-memory `{text}`: expected a size like 2GiB or 512MiB"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => bail!("--kv-memory `{text}`: unknown unit `{other}` (use B, KiB, MiB, GiB, KB, MB or GB)"),
+    };
+    if !(value > 0.0) {
+        bail!("--kv-memory `{text}` must be positive");
+    }
+    Ok((value * scale) as u64)
+}
+
+/// `MemAvailable` from /proc/meminfo.
+fn available_memory_bytes() -> Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo (pass --kv-memory instead)")?;
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .context("no MemAvailable in /proc/meminfo (pass --kv-memory instead)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn kv_memory_sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_bytes("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("1.5GB").unwrap(), 1_500_000_000);
+        assert_eq!(parse_bytes("1000").unwrap(), 1000);
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("2XB").unwrap_err().to_string().contains("unknown unit"));
+        assert!(parse_bytes("0GiB").is_err());
+    }
+}
