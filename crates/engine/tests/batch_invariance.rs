@@ -54,6 +54,8 @@ fn start(model_path: &Path, tokenizer: Arc<Tokenizer>, limits: Limits) -> Engine
         context_length: config.context_length,
         quantization: "F32".into(),
         num_parameters: 0,
+        format: "gguf".into(),
+        size_bytes: 0,
         created: 0,
     };
     let engine_config = EngineConfig {

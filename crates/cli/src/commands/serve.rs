@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use hearth_engine::serve::{EngineConfig, EngineHandle, KvPoolParams, KvPoolPlan, LocalExecutor, ModelInfo};
-use hearth_models::LoadOptions;
+use hearth_models::{LoadOptions, ModelFormat};
 use hearth_server::ServeOptions;
 
 use crate::open::{open_files, tokenizer_for, ModelArgs};
@@ -64,6 +64,7 @@ fn start_engine(args: &ServeArgs) -> Result<EngineHandle> {
     let tokenizer = Arc::new(tokenizer_for(&files)?);
     let summary = files.weight_summary()?;
     let config = files.config.clone();
+    let files_format = files.format;
     let loaded = files
         .load(&LoadOptions { quantize: args.model.quantize()?, ..LoadOptions::default() })
         .with_context(|| format!("loading {}", path.display()))?;
@@ -94,6 +95,8 @@ fn start_engine(args: &ServeArgs) -> Result<EngineHandle> {
         context_length: config.context_length,
         quantization: dominant_type(&summary),
         num_parameters: summary.num_params,
+        format: match files_format { ModelFormat::Gguf => "gguf".into(), ModelFormat::HfDirectory => "safetensors".into() },
+        size_bytes: summary.num_bytes,
         created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     };
     let engine_config = EngineConfig {

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hearth_scheduler::{NewRequest, RequestId, SampledToken, Scheduler, SchedulerConfig, StepPlan};
@@ -63,15 +64,28 @@ pub(crate) fn spawn(
     tokenizer: Arc<Tokenizer>,
     config: EngineConfig,
     stats: Arc<Mutex<EngineStats>>,
+    running: Arc<AtomicBool>,
 ) -> Result<mpsc::Sender<Command>> {
     let scheduler = Scheduler::new(config.scheduler_config())?;
     let (commands_tx, commands) = mpsc::channel();
     let engine = EngineLoop { scheduler, executor, tokenizer, config, requests: HashMap::new(), commands, stats };
     std::thread::Builder::new()
         .name("hearth-engine".into())
-        .spawn(move || engine.run())
+        .spawn(move || {
+            let _running = RunningFlag(running);
+            engine.run()
+        })
         .map_err(|err| EngineError::Invalid(format!("cannot start the engine thread: {err}")))?;
     Ok(commands_tx)
+}
+
+/// Clears the shared "engine is running" flag when the thread ends, even by panic.
+struct RunningFlag(Arc<AtomicBool>);
+
+impl Drop for RunningFlag {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 struct LiveRequest {

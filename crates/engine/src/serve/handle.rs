@@ -7,7 +7,7 @@
 //! engine thread, and stats snapshots. Does not own: scheduling or model execution (the engine
 //! thread in `engine_loop` does those).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::pin::Pin;
@@ -33,6 +33,8 @@ struct Inner {
     model_info: ModelInfo,
     config: EngineConfig,
     stats: Arc<Mutex<EngineStats>>,
+    /// Cleared by the engine thread when it exits (normally or by panic).
+    running: Arc<AtomicBool>,
     next_request_id: AtomicU64,
 }
 
@@ -46,8 +48,9 @@ impl EngineHandle {
         config: EngineConfig,
     ) -> Result<Self> {
         let stats = Arc::new(Mutex::new(EngineStats::default()));
-        let commands = engine_loop::spawn(executor, tokenizer.clone(), config.clone(), stats.clone())?;
-        let inner = Inner { commands, tokenizer, model_info, config, stats, next_request_id: AtomicU64::new(1) };
+        let running = Arc::new(AtomicBool::new(true));
+        let commands = engine_loop::spawn(executor, tokenizer.clone(), config.clone(), stats.clone(), running.clone())?;
+        let inner = Inner { commands, tokenizer, model_info, config, stats, running, next_request_id: AtomicU64::new(1) };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -61,6 +64,12 @@ impl EngineHandle {
 
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
+    }
+
+    /// Whether the engine thread is alive (false after it died; requests then fail with
+    /// `ShuttingDown`).
+    pub fn is_running(&self) -> bool {
+        self.inner.running.load(Ordering::Acquire)
     }
 
     /// The latest snapshot of the engine's counters (updated after every step).

@@ -112,6 +112,10 @@ pub struct ModelInfo {
     /// e.g. "Q4_1", "BF16".
     pub quantization: String,
     pub num_parameters: u64,
+    /// File format: "gguf" or "safetensors".
+    pub format: String,
+    /// Bytes of weights on disk.
+    pub size_bytes: u64,
     /// Seconds since the Unix epoch when the engine started (OpenAI `created`).
     pub created: u64,
 }

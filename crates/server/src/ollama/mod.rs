@@ -45,7 +45,7 @@ fn details(state: &AppState) -> ModelDetails {
     let info = state.handle().model_info();
     ModelDetails {
         parent_model: String::new(),
-        format: String::new(),
+        format: info.format.clone(),
         family: info.architecture.clone(),
         families: vec![info.architecture.clone()],
         parameter_size: parameter_size(info.num_parameters),
@@ -64,7 +64,7 @@ pub async fn tags(State(state): State<AppState>) -> Json<TagList> {
         model: name.clone(),
         name,
         modified_at: modified_at(&state),
-        size: 0,
+        size: state.handle().model_info().size_bytes,
         digest: String::new(),
         details: details(&state),
     };

@@ -126,6 +126,8 @@ pub fn engine(script: Vec<u32>, step_delay: Duration) -> EngineHandle {
         context_length: MAX_MODEL_LEN,
         quantization: "Q4_1".into(),
         num_parameters: 134_515_008,
+        format: "gguf".into(),
+        size_bytes: 0,
         created: 1_700_000_000,
     };
     EngineHandle::spawn(
