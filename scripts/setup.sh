@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for hearth: checks the Rust toolchain, installs cargo-nextest when
-# missing, fetches the test models and data (scripts/fetch-assets.sh). Idempotent; caches live
-# outside the repository (~/.cache/hearth).
+# missing, fetches the test models and data (scripts/fetch-assets.sh) and creates the serving
+# tests' Python environment (scripts/python-env.sh). Idempotent; caches live outside the
+# repository (~/.cache/hearth).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,3 +19,4 @@ if ! command -v python3 >/dev/null; then
   exit 1
 fi
 bash scripts/fetch-assets.sh
+bash scripts/python-env.sh

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs hearth's whole test suite on CPU: sets up (idempotent), then `cargo nextest run` over the
+# Runs hearth's whole test suite on CPU: sets up (idempotent: assets, cargo-nextest, the serving
+# tests' Python venv through scripts/python-env.sh), then `cargo nextest run` over the
 # workspace. The build directory is shared outside the clone so repeated runs are incremental.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -105,6 +105,8 @@ struct EngineLoop {
 
 impl EngineLoop {
     fn run(mut self) {
+        // The pool's size is known before any request: readers never see an empty snapshot.
+        self.publish_stats();
         loop {
             if !self.scheduler.has_unfinished() {
                 // Idle: sleep until a command arrives; all senders gone means shut down.
