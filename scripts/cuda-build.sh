@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Builds hearth with `--features cuda` on a machine without a GPU (toolkit from
-# scripts/cuda-toolkit.sh) and copies stripped binaries into .device-bin/ for a GPU machine:
-#   .device-bin/hearth               the CLI
-#   .device-bin/hearth-kernels-tests the kernels crate's test binary (CUDA tests included)
+# scripts/cuda-toolkit.sh) and puts stripped, xz-compressed binaries into .device-bin/ for a GPU
+# machine (each embeds candle's PTX, ~60 MB raw, ~9 MB compressed; the device tool carries 64 MiB):
+#   .device-bin/hearth.xz               the CLI
+#   .device-bin/hearth-kernels-tests.xz the kernels crate's test binary (CUDA tests included)
+#   .device-bin/hearth-models-golden.xz  the golden-logits tests (CPU, then CUDA F32 and BF16)
+# scripts/device-unpack.sh restores them next to the .xz files (xz or Python's lzma).
 #
 #   CARGO_TARGET_DIR  default ~/.cache/hearth/target-cuda (kept apart from the CPU build)
 #   HEARTH_CUDA_SKIP_TESTS=1  build only the CLI
@@ -19,24 +22,36 @@ mkdir -p "$OUT"
 
 log() { echo "[cuda-build] $*" >&2; }
 
-nice -n 19 cargo build --release --features cuda --bin hearth
-strip -o "$OUT/hearth" "$CARGO_TARGET_DIR/release/hearth"
-log "$OUT/hearth ($(du -h "$OUT/hearth" | cut -f1))"
+pack() { # binary name: strip, compress into $OUT/name.xz
+  strip -o "$OUT/$2" "$1"
+  rm -f "$OUT/$2.xz"
+  nice -n 19 xz -9 -T2 "$OUT/$2"
+  log "$OUT/$2.xz ($(du -h "$OUT/$2.xz" | cut -f1))"
+}
 
-if [ "${HEARTH_CUDA_SKIP_TESTS:-0}" != 1 ]; then
-  # The last line of cargo's JSON messages names the test executable.
-  test_bin="$(nice -n 19 cargo test --release --features cuda -p hearth-kernels --lib --no-run \
-    --message-format=json 2>/dev/null |
-    python3 -c 'import json,sys
+nice -n 19 cargo build --release --features cuda --bin hearth
+pack "$CARGO_TARGET_DIR/release/hearth" hearth
+
+test_binary() { # out-name target-name cargo-test-args...: build one test executable, pack it
+  local out="$1" target="$2"
+  shift 2
+  local bin
+  bin="$(nice -n 19 cargo test --release --no-run --message-format=json-render-diagnostics "$@" |
+    python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "hearth_kernels":
-        print(m["executable"])')"
-  if [ -z "$test_bin" ]; then
-    log "could not find the hearth-kernels test binary"
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
+        print(m["executable"])' "$target")"
+  if [ -z "$bin" ]; then
+    log "could not find the $target test binary"
     exit 1
   fi
-  strip -o "$OUT/hearth-kernels-tests" "$test_bin"
-  log "$OUT/hearth-kernels-tests ($(du -h "$OUT/hearth-kernels-tests" | cut -f1))"
+  pack "$bin" "$out"
+}
+
+if [ "${HEARTH_CUDA_SKIP_TESTS:-0}" != 1 ]; then
+  test_binary hearth-kernels-tests hearth_kernels -p hearth-kernels --features cuda --lib
+  # models has no cuda feature; enabling the kernels' one gives its tests candle's CUDA backend.
+  test_binary hearth-models-golden golden -p hearth-models --features hearth-kernels/cuda --test golden
 fi
 du -sh "$OUT" >&2

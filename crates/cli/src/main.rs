@@ -4,6 +4,7 @@
 //! Hugging Face cache) in `store`; opening a model with its tokenizer in `open`.
 
 mod commands;
+mod device;
 mod open;
 mod store;
 
@@ -32,6 +33,8 @@ enum Command {
     Perplexity(commands::perplexity::PerplexityArgs),
     /// Write a model as a Hugging Face directory (BF16 safetensors, config, tokenizer).
     Export(commands::export::ExportArgs),
+    /// Write a random-weight GGUF in a real model's shape, for benchmarks (llama.cpp loads it too).
+    BenchModel(commands::bench_model::BenchModelArgs),
 }
 
 fn main() {
@@ -48,6 +51,7 @@ fn main() {
         Command::Pull(args) => commands::pull::run(args),
         Command::Perplexity(args) => commands::perplexity::run(args),
         Command::Export(args) => commands::export::run(args),
+        Command::BenchModel(args) => commands::bench_model::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -1,14 +1,15 @@
-//! Opening a model for use: resolve the argument, read the config, build the tokenizer from the
-//! same source (GGUF metadata or `tokenizer.json`), load the weights, size the KV pool.
+//! Opening a model for use: resolve the argument, open the device (`--device`), read the config,
+//! build the tokenizer from the same source (GGUF metadata or `tokenizer.json`), load the weights
+//! onto the device, size the KV pool.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use hearth_engine::{ModelRunner, RunnerParams};
 use hearth_models::{LoadOptions, ModelFiles, ModelFormat, QuantizeTo};
 use hearth_tokenizer::Tokenizer;
 
+use crate::device::{ComputeDevice, DeviceChoice};
 use crate::store;
 
 pub struct OpenModel {
@@ -26,6 +27,9 @@ pub struct ModelArgs {
     /// Quantize a Hugging Face model's weights while loading: q4k or q8_0.
     #[arg(long)]
     pub quant: Option<String>,
+    /// Where to run: cpu, cuda or cuda:N (a GPU needs a build with --features cuda).
+    #[arg(long, default_value = "cpu", env = "HEARTH_DEVICE")]
+    pub device: DeviceChoice,
 }
 
 impl ModelArgs {
@@ -37,6 +41,13 @@ impl ModelArgs {
                 None => bail!("unknown --quant `{q}` (expected q4k or q8_0)"),
             },
         }
+    }
+
+    /// Opens `--device` and the load options for it.
+    pub fn device_and_load_options(&self) -> Result<(ComputeDevice, LoadOptions)> {
+        let compute = ComputeDevice::open(self.device)?;
+        let options = LoadOptions { device: compute.device.clone(), dtype: compute.dtype, quantize: self.quantize()? };
+        Ok((compute, options))
     }
 }
 
@@ -62,10 +73,11 @@ pub fn open(args: &ModelArgs, num_kv_tokens: usize) -> Result<OpenModel> {
     let path = store::resolve(args.model.as_deref())?;
     let files = open_files(&path)?;
     let tokenizer = tokenizer_for(&files)?;
-    let options = LoadOptions { quantize: args.quantize()?, ..LoadOptions::default() };
-    let loaded = files.load(&options).with_context(|| format!("loading {}", path.display()))?;
+    let (compute, options) = args.device_and_load_options()?;
+    let loaded = files.load(&options).with_context(|| format!("loading {} on {}", path.display(), args.device))?;
     let kv_tokens = num_kv_tokens.min(loaded.model.config.context_length).max(1);
-    let runner = ModelRunner::new(loaded.model, RunnerParams::for_tokens(kv_tokens), &Device::Cpu)?;
+    let params = RunnerParams { kv_dtype: compute.kv_dtype, ..RunnerParams::for_tokens(kv_tokens) };
+    let runner = ModelRunner::new(loaded.model, params, &compute.device)?;
     Ok(OpenModel { path, runner, tokenizer })
 }
 

@@ -121,6 +121,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Case { name: "matvec", dtype: GgmlDType::Q5_1, num_rows: 1536, num_cols: 576, num_tokens: 1 },
         Case { name: "batch 512", dtype: GgmlDType::Q4_1, num_rows: 1536, num_cols: 576, num_tokens: 512 },
         Case { name: "batch 512", dtype: GgmlDType::Q5_0, num_rows: 1536, num_cols: 576, num_tokens: 512 },
+        // The tied Q8_0 lm_head of SmolLM2 in batched decode (one row per sequence).
+        Case { name: "lm_head", dtype: GgmlDType::Q8_0, num_rows: 49152, num_cols: 576, num_tokens: 1 },
+        Case { name: "lm_head", dtype: GgmlDType::Q8_0, num_rows: 49152, num_cols: 576, num_tokens: 4 },
+        Case { name: "lm_head", dtype: GgmlDType::Q8_0, num_rows: 49152, num_cols: 576, num_tokens: 16 },
+        // Q8_0 of width 1536 (a multiple of 256: candle's AVX512-VNNI repacked path where the CPU
+        // has it) and of width 576 (candle's generic path).
+        Case { name: "q8 ffn-up-like", dtype: GgmlDType::Q8_0, num_rows: 1536, num_cols: 576, num_tokens: 1 },
+        Case { name: "q8 ffn-up-like", dtype: GgmlDType::Q8_0, num_rows: 1536, num_cols: 576, num_tokens: 16 },
+        Case { name: "q8 ffn-up-like", dtype: GgmlDType::Q8_0, num_rows: 1536, num_cols: 576, num_tokens: 512 },
+        Case { name: "q8 ffn-down-like", dtype: GgmlDType::Q8_0, num_rows: 576, num_cols: 1536, num_tokens: 1 },
+        Case { name: "q8 ffn-down-like", dtype: GgmlDType::Q8_0, num_rows: 576, num_cols: 1536, num_tokens: 16 },
+        Case { name: "q8 ffn-down-like", dtype: GgmlDType::Q8_0, num_rows: 576, num_cols: 1536, num_tokens: 512 },
+        Case { name: "q8 4096²", dtype: GgmlDType::Q8_0, num_rows: 4096, num_cols: 4096, num_tokens: 1 },
+        Case { name: "q8 4096²", dtype: GgmlDType::Q8_0, num_rows: 4096, num_cols: 4096, num_tokens: 16 },
+        Case { name: "q8 4096²", dtype: GgmlDType::Q8_0, num_rows: 4096, num_cols: 4096, num_tokens: 128 },
     ];
     println!(
         "threads: hearth {} (its work-sharing pool), candle {} (candle's barrier pool)",

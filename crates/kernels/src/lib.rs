@@ -1,8 +1,9 @@
 //! hearth's own compute kernels, each a fast path beside a slow reference twin.
 //!
 //! Owns: paged attention over a block-structured KV pool (CPU custom op + candle-ops reference);
-//! quantized matmul for the ggml block types candle runs without SIMD (Q4_1, Q5_0, Q5_1; AVX2
-//! tiles on a small work-sharing pool + dequantize-and-matmul reference).
+//! quantized matmul for the ggml block types candle runs without SIMD (Q4_1, Q5_0, Q5_1) and for
+//! Q8_0 (AVX2 tiles on a small work-sharing pool + dequantize-and-matmul reference). Timings and
+//! their method: `PERF.md`.
 //! Does not own: model structure, weight loading, scheduling. Kernels see tensors and plain
 //! metadata (block tables, sequence lengths), never requests.
 //!

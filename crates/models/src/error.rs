@@ -6,6 +6,8 @@ use std::path::PathBuf;
 pub enum ModelError {
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a valid GGUF file: {reason}")]
     BadGguf { path: PathBuf, reason: String },
     #[error("{path}: invalid safetensors: {reason}")]

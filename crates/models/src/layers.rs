@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 use hearth_kernels::QuantizedMatrix;
 
@@ -13,7 +13,11 @@ use crate::config::{Activation, ModelConfig, RopeScaling};
 use crate::Result;
 
 /// A weight matrix as stored for compute: candle's dense/quantized matmul, or hearth's own
-/// CPU kernel for the block types candle runs without SIMD (Q4_1, Q5_0, Q5_1).
+/// CPU kernel for the block types candle runs without SIMD (Q4_1, Q5_0, Q5_1) and for Q8_0
+/// where candle has no repacked kernel (`QuantizedMatrix::preferred_for`).
+///
+/// On the CPU activations are F32. On a GPU quantized weights stay quantized in device memory
+/// (candle's QMatMul) and activations are BF16/F16; dense weights are in the activation dtype.
 #[derive(Clone)]
 pub enum LinearWeight {
     Candle(QMatMul),
@@ -21,12 +25,55 @@ pub enum LinearWeight {
 }
 
 impl LinearWeight {
-    /// Picks hearth's kernel when it covers the tensor's type and device, else candle's path.
-    pub fn from_qtensor(q: QTensor) -> Result<Self> {
-        match QuantizedMatrix::from_qtensor(&q)? {
-            Some(matrix) => Ok(Self::Hearth(Arc::new(matrix))),
-            None => Ok(Self::Candle(QMatMul::from_qtensor(q)?)),
+    /// Picks hearth's kernel when it covers the tensor's type and device (CPU only), else
+    /// candle's path. Float-typed tensors (F32/F16/BF16 GGUF) become dense `dtype` weights.
+    pub fn from_qtensor(q: QTensor, dtype: DType) -> Result<Self> {
+        if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+            return Ok(Self::Candle(QMatMul::Tensor(q.dequantize(&q.device())?.to_dtype(dtype)?)));
         }
+        Self::from_arc(Arc::new(q))
+    }
+
+    /// A quantized (non-float) tensor, possibly shared with other users (a tied embedding
+    /// table): hearth's kernel where it is preferred on this CPU, else candle's path. Neither
+    /// copies the blocks.
+    pub fn from_arc(q: Arc<QTensor>) -> Result<Self> {
+        if QuantizedMatrix::preferred_for(&q) {
+            if let Some(matrix) = QuantizedMatrix::from_shared_qtensor(q.clone())? {
+                return Ok(Self::Hearth(Arc::new(matrix)));
+            }
+        }
+        Ok(Self::Candle(QMatMul::from_arc(q)?))
+    }
+}
+
+/// `x Wᵀ` through candle. Its GPU quantized kernels take F32/BF16/F16 contiguous activations
+/// for the common block types and return the activation dtype; the remaining types (Q8_1,
+/// Q8K) run in F32.
+fn candle_matmul(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
+    match w {
+        QMatMul::QTensor(q) if !x.device().is_cpu() => {
+            let x = x.contiguous()?;
+            let direct = matches!(
+                q.dtype(),
+                GgmlDType::Q4_0
+                    | GgmlDType::Q4_1
+                    | GgmlDType::Q5_0
+                    | GgmlDType::Q5_1
+                    | GgmlDType::Q8_0
+                    | GgmlDType::Q2K
+                    | GgmlDType::Q3K
+                    | GgmlDType::Q4K
+                    | GgmlDType::Q5K
+                    | GgmlDType::Q6K
+            );
+            if direct || x.dtype() == DType::F32 {
+                Ok(w.forward(&x)?)
+            } else {
+                Ok(w.forward(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?)
+            }
+        }
+        _ => Ok(w.forward(x)?),
     }
 }
 
@@ -45,7 +92,7 @@ impl Linear {
     /// `[num_tokens, in_dim]` -> `[num_tokens, out_dim]`
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
-            LinearWeight::Candle(w) => w.forward(x)?,
+            LinearWeight::Candle(w) => candle_matmul(w, x)?,
             LinearWeight::Hearth(w) => w.forward(x)?,
         };
         Ok(match &self.bias {
@@ -71,13 +118,13 @@ impl Embedding {
         })
     }
 
-    /// The same table as an output projection (tied embeddings).
+    /// The same table as an output projection (tied embeddings), sharing its blocks.
     pub fn as_linear(&self) -> Result<Linear> {
         let weight = match self {
-            Self::Quantized(q) => QMatMul::from_arc(q.clone())?,
-            Self::Dense(t) => QMatMul::Tensor(t.clone()),
+            Self::Quantized(q) => LinearWeight::from_arc(q.clone())?,
+            Self::Dense(t) => LinearWeight::Candle(QMatMul::Tensor(t.clone())),
         };
-        Ok(Linear::new(LinearWeight::Candle(weight), None))
+        Ok(Linear::new(weight, None))
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Owns: model configs (`config`), weight files (GGUF and Hugging Face safetensors, `weights`),
 //! the shared transformer layers (`layers`, `attention`, `transformer`), one file per
-//! architecture (`arch`), the `ForwardBatch` and the paged KV pool (`kv_cache`).
+//! architecture (`arch`), the `ForwardBatch` and the paged KV pool (`kv_cache`), and random-weight
+//! benchmark GGUF files in real models' shapes (`bench`).
 //! Does not own: requests, scheduling, sampling, tokenization, HTTP. A forward pass sees
 //! flattened tokens, positions, slots and block tables — never a request.
 //!
@@ -10,6 +11,7 @@
 
 pub mod arch;
 pub mod attention;
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod export;

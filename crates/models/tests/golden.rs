@@ -3,14 +3,48 @@
 //! prompt's logits (every position) and 16 greedy steps must match the reference within
 //! 1e-4 (F32) with identical greedy tokens. Decoding goes through the paged KV cache with a
 //! small block size, so block boundaries are crossed many times.
+//!
+//! The same checks run on a CUDA GPU when this test binary is built with candle's CUDA backend
+//! (`cargo test -p hearth-models --features hearth-kernels/cuda`): F32 within 1e-3, and BF16
+//! (weights, activations and KV pool; logits up to ~6) within 0.1, where a greedy token may differ
+//! from the reference only if the reference's own margin between the two is within that
+//! tolerance. Greedy steps feed the reference's token, so one flip does not derail the rest.
+//! Without a GPU these print why and pass, unless `HEARTH_REQUIRE_GPU=1`.
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use hearth_models::{ForwardBatch, LoadOptions, ModelFiles, PagedKvCache, SequenceInput};
 
-const TOLERANCE: f32 = 1e-4;
 const BLOCK_SIZE: usize = 4;
+
+/// Where and how precisely a golden check runs.
+struct Target {
+    device: Device,
+    dtype: DType,
+    tolerance: f32,
+}
+
+impl Target {
+    fn cpu() -> Self {
+        Self { device: Device::Cpu, dtype: DType::F32, tolerance: 1e-4 }
+    }
+
+    /// GPU 0 in `dtype`, or `None` (with the reason printed) when there is none.
+    fn cuda(dtype: DType) -> Option<Self> {
+        let tolerance = if dtype == DType::F32 { 1e-3 } else { 0.1 };
+        match Device::new_cuda(0) {
+            Ok(device) => Some(Self { device, dtype, tolerance }),
+            Err(e) if std::env::var("HEARTH_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+                panic!("HEARTH_REQUIRE_GPU=1 but no CUDA device: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipped: no CUDA device ({e})");
+                None
+            }
+        }
+    }
+}
 
 #[derive(serde::Deserialize)]
 struct Reference {
@@ -21,17 +55,20 @@ struct Reference {
 }
 
 fn fixture_dir(arch: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden").join(arch)
+    // A test binary copied to another machine (scripts/cuda-build.sh) runs from a checkout's root.
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden");
+    let root = if built.exists() { built } else { PathBuf::from("tests/fixtures/golden") };
+    root.join(arch)
 }
 
-/// Max |a - b| and the first index where they differ by more than the tolerance.
-fn compare(got: &[f32], want: &[f32]) -> (f32, Option<usize>) {
+/// Max |a - b| and the first index where they differ by more than `tolerance`.
+fn compare(got: &[f32], want: &[f32], tolerance: f32) -> (f32, Option<usize>) {
     assert_eq!(got.len(), want.len(), "vocabulary sizes differ");
     let mut max = 0f32;
     let mut first_bad = None;
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let d = (g - w).abs();
-        if !(d <= TOLERANCE) && first_bad.is_none() {
+        if !(d <= tolerance) && first_bad.is_none() {
             first_bad = Some(i);
         }
         max = if d.is_nan() { f32::NAN } else { max.max(d) };
@@ -43,15 +80,17 @@ fn argmax(v: &[f32]) -> u32 {
     (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best }) as u32
 }
 
-fn check(arch: &str, model_path: &Path) {
+fn check(arch: &str, model_path: &Path, target: &Target) {
     let reference: Reference =
         serde_json::from_str(&std::fs::read_to_string(fixture_dir(arch).join("reference.json")).unwrap()).unwrap();
-    let device = Device::Cpu;
-    let loaded = ModelFiles::open(model_path).unwrap().load(&LoadOptions::default()).unwrap();
+    let (device, tolerance) = (&target.device, target.tolerance);
+    let options = LoadOptions { device: device.clone(), dtype: target.dtype, quantize: None };
+    let loaded = ModelFiles::open(model_path).unwrap().load(&options).unwrap();
     let model = &loaded.model;
     let num_tokens = reference.prompt_ids.len() + reference.greedy_ids.len();
     let num_blocks = num_tokens.div_ceil(BLOCK_SIZE) + 2;
-    let kv = PagedKvCache::new(&model.config, num_blocks, BLOCK_SIZE, candle_core::DType::F32, &device).unwrap();
+    let kv = PagedKvCache::new(&model.config, num_blocks, BLOCK_SIZE, target.dtype, device).unwrap();
+    let mut max_seen = 0f32;
     // Blocks in reverse order so the table is not the identity.
     let block_table: Vec<u32> = (0..num_blocks as u32).rev().collect();
 
@@ -61,30 +100,38 @@ fn check(arch: &str, model_path: &Path) {
         block_table: block_table.clone(),
         wants_logits: true,
     };
-    let logits = model.forward(&ForwardBatch::all_logits(&prompt, BLOCK_SIZE, &device).unwrap(), &kv).unwrap();
+    let logits = model.forward(&ForwardBatch::all_logits(&prompt, BLOCK_SIZE, device).unwrap(), &kv).unwrap();
     let logits: Vec<Vec<f32>> = logits.to_vec2().unwrap();
     for (pos, (got, want)) in logits.iter().zip(&reference.prompt_logits).enumerate() {
-        let (max, first_bad) = compare(got, want);
-        assert!(first_bad.is_none(), "{arch} {}: prompt position {pos}: max abs diff {max} > {TOLERANCE} (first at vocab {first_bad:?})", model_path.display());
+        let (max, first_bad) = compare(got, want, tolerance);
+        max_seen = max_seen.max(max);
+        assert!(first_bad.is_none(), "{arch} {}: prompt position {pos}: max abs diff {max} > {tolerance} (first at vocab {first_bad:?})", model_path.display());
     }
 
     let mut context: Vec<u32> = reference.prompt_ids.clone();
     let mut step_logits = logits.last().unwrap().clone();
     for (step, (&want_id, want_logits)) in reference.greedy_ids.iter().zip(&reference.greedy_logits).enumerate() {
-        let (max, first_bad) = compare(&step_logits, want_logits);
-        assert!(first_bad.is_none(), "{arch} {}: greedy step {step}: max abs diff {max} > {TOLERANCE}", model_path.display());
+        let (max, first_bad) = compare(&step_logits, want_logits, tolerance);
+        max_seen = max_seen.max(max);
+        assert!(first_bad.is_none(), "{arch} {}: greedy step {step}: max abs diff {max} > {tolerance}", model_path.display());
         let got_id = argmax(&step_logits);
-        assert_eq!(got_id, want_id, "{arch} {}: greedy step {step} picked {got_id}, reference {want_id}", model_path.display());
+        let reference_margin = want_logits[want_id as usize] - want_logits[got_id as usize];
+        assert!(
+            got_id == want_id || (target.dtype != DType::F32 && reference_margin <= tolerance),
+            "{arch} {}: greedy step {step} picked {got_id}, reference {want_id} (reference margin {reference_margin})",
+            model_path.display()
+        );
         let input = SequenceInput {
-            new_token_ids: vec![got_id],
+            new_token_ids: vec![want_id],
             num_cached_tokens: context.len(),
             block_table: block_table.clone(),
             wants_logits: true,
         };
-        context.push(got_id);
-        let out: Tensor = model.forward(&ForwardBatch::new(&[input], BLOCK_SIZE, &device).unwrap(), &kv).unwrap();
+        context.push(want_id);
+        let out: Tensor = model.forward(&ForwardBatch::new(&[input], BLOCK_SIZE, device).unwrap(), &kv).unwrap();
         step_logits = out.squeeze(0).unwrap().to_vec1().unwrap();
     }
+    eprintln!("{arch} {} on {:?} {:?}: max abs diff {max_seen:e}", model_path.display(), device.location(), target.dtype);
 }
 
 macro_rules! golden {
@@ -93,11 +140,19 @@ macro_rules! golden {
             use super::*;
             #[test]
             fn safetensors_matches_transformers_logits_and_greedy_tokens() {
-                check(stringify!($arch), &fixture_dir(stringify!($arch)));
+                check(stringify!($arch), &fixture_dir(stringify!($arch)), &Target::cpu());
             }
             #[test]
             fn gguf_matches_transformers_logits_and_greedy_tokens() {
-                check(stringify!($arch), &fixture_dir(stringify!($arch)).join("model.gguf"));
+                check(stringify!($arch), &fixture_dir(stringify!($arch)).join("model.gguf"), &Target::cpu());
+            }
+            #[test]
+            fn cuda_f32_and_bf16_match_transformers_logits() {
+                for dtype in [DType::F32, DType::BF16] {
+                    let Some(target) = Target::cuda(dtype) else { return };
+                    check(stringify!($arch), &fixture_dir(stringify!($arch)), &target);
+                    check(stringify!($arch), &fixture_dir(stringify!($arch)).join("model.gguf"), &target);
+                }
             }
         }
     };

@@ -47,6 +47,9 @@ pub enum TokenizerError {
     #[error("token id {id} is out of range for a vocabulary of {vocab_size} tokens")]
     UnknownTokenId { id: u32, vocab_size: usize },
 
+    #[error("cannot write this tokenizer as GGUF metadata: {reason}")]
+    NotGgufConvertible { reason: String },
+
     #[error("BOS was requested but the vocabulary has no BOS token")]
     NoBosToken,
 }

@@ -37,6 +37,13 @@ impl Tokenizer {
         crate::gguf::build(content)
     }
 
+    /// The tokenizer as GGUF `tokenizer.*` metadata (`gpt2` model), readable by llama.cpp and
+    /// [`Tokenizer::from_gguf`]. Byte-level BPE only; a pre-tokenizer without an exact llama.cpp
+    /// name is an error.
+    pub fn to_gguf_metadata(&self) -> Result<Vec<(String, candle_core::quantized::gguf_file::Value)>> {
+        crate::gguf::to_gguf_metadata(self)
+    }
+
     /// Puts the parts together; computes the id -> text table.
     pub(crate) fn assemble(
         inner: tokenizers::Tokenizer,

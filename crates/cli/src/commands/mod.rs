@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod bench_model;
 pub mod export;
 pub mod inspect;
 pub mod models;

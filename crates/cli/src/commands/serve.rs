@@ -1,13 +1,13 @@
-//! `hearth serve`: load a model, size its KV pool from a memory budget, start the engine
-//! thread and serve the OpenAI- and Ollama-compatible HTTP API until SIGTERM/Ctrl-C.
+//! `hearth serve`: load a model on `--device`, size its KV pool from a memory budget (system
+//! memory on the CPU, free GPU memory after loading on CUDA), start the engine thread and serve
+//! the OpenAI- and Ollama-compatible HTTP API until SIGTERM/Ctrl-C.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
 use hearth_engine::serve::{EngineConfig, EngineHandle, KvPoolParams, KvPoolPlan, LocalExecutor, ModelInfo};
-use hearth_models::{LoadOptions, ModelFormat};
+use hearth_models::ModelFormat;
 use hearth_server::ServeOptions;
 
 use crate::open::{open_files, tokenizer_for, ModelArgs};
@@ -24,7 +24,8 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer <key>` on API routes.
     #[arg(long, env = "HEARTH_API_KEY")]
     pub api_key: Option<String>,
-    /// Memory for the KV cache, e.g. `2GiB`, `512MiB` (default: a quarter of available memory).
+    /// Memory for the KV cache, e.g. `2GiB`, `512MiB` (default: a quarter of available memory on
+    /// the CPU; on a GPU, free GPU memory after loading less 10% (at least 1 GiB) for activations).
     #[arg(long)]
     pub kv_memory: Option<String>,
     /// Tokens per KV block (prefix caching shares whole blocks).
@@ -65,19 +66,22 @@ fn start_engine(args: &ServeArgs) -> Result<EngineHandle> {
     let summary = files.weight_summary()?;
     let config = files.config.clone();
     let files_format = files.format;
+    let (compute, load_options) = args.model.device_and_load_options()?;
     let loaded = files
-        .load(&LoadOptions { quantize: args.model.quantize()?, ..LoadOptions::default() })
-        .with_context(|| format!("loading {}", path.display()))?;
+        .load(&load_options)
+        .with_context(|| format!("loading {} on {}", path.display(), args.model.device))?;
 
-    let kv_dtype = DType::F32;
-    let budget = match &args.kv_memory {
-        Some(text) => parse_bytes(text)?,
-        None => available_memory_bytes()? / 4,
+    let kv_dtype = compute.kv_dtype;
+    let budget = match (&args.kv_memory, compute.free_memory_bytes()?) {
+        (Some(text), _) => parse_bytes(text)?,
+        (None, Some(free_gpu)) => free_gpu.saturating_sub((free_gpu / 10).max(1 << 30)),
+        (None, None) => available_memory_bytes()? / 4,
     };
     let pool = KvPoolPlan::for_budget(budget, config.kv_bytes_per_token(kv_dtype.size_in_bytes()) as u64, args.block_size)?;
     let max_model_len = pool.max_request_len(config.context_length);
     eprintln!(
-        "KV cache: {} blocks of {} tokens = {} tokens, {:.1} MiB; longest request {max_model_len} tokens (context {})",
+        "KV cache ({}, {kv_dtype:?}): {} blocks of {} tokens = {} tokens, {:.1} MiB; longest request {max_model_len} tokens (context {})",
+        args.model.device,
         pool.num_blocks,
         pool.block_size,
         pool.num_tokens(),
@@ -87,7 +91,7 @@ fn start_engine(args: &ServeArgs) -> Result<EngineHandle> {
     let executor = LocalExecutor::new(
         loaded.model,
         KvPoolParams { num_blocks: pool.num_blocks, block_size: pool.block_size, dtype: kv_dtype },
-        &Device::Cpu,
+        &compute.device,
     )?;
     let info = ModelInfo {
         name: store::served_name(args.model.model.as_deref()),

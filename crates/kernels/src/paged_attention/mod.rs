@@ -10,17 +10,25 @@
 //! - `num_query_tokens <= context_len` for every sequence (queries are the last tokens);
 //! - every block a sequence reaches is listed in its block table and inside the pool.
 //!
-//! The fast path is [`paged_attention`] (a CPU custom op, parallel over rows and heads, online
-//! softmax, no gather). [`paged_attention_reference`] gathers each sequence's K/V with ordinary
-//! tensor ops and runs textbook attention; tests bind the two.
+//! The fast path is [`paged_attention`], one custom op with a CPU body (`cpu.rs`: parallel over
+//! rows and heads, online softmax, no gather; F32) and, with the `cuda` feature, a CUDA body
+//! (`cuda.rs` + `paged_attention.cu`, compiled by NVRTC at run time; F32/BF16/F16 with F32
+//! accumulation). [`paged_attention_reference`] gathers each sequence's K/V with ordinary
+//! tensor ops and runs textbook attention; tests bind the fast paths to it.
 
 mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod reference;
 
-use candle_core::{DType, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
 use crate::{KernelError, Result};
 pub use reference::paged_attention_reference;
+
+/// CUDA C source of the GPU kernel (compiled by NVRTC at run time; kept buildable without the
+/// `cuda` feature so a CPU-only test can check that it compiles).
+pub const CUDA_SOURCE: &str = include_str!("paged_attention.cu");
 
 /// One sequence's share of a flattened batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,12 +131,58 @@ pub fn paged_attention(
     layout: &AttentionLayout,
 ) -> Result<Tensor> {
     check_shapes(q, k_cache, v_cache, layout)?;
+    let op = PagedAttentionOp { layout: layout.clone() };
     if q.device().is_cpu() && q.dtype() == DType::F32 && k_cache.dtype() == DType::F32 {
-        let op = cpu::PagedAttentionOp { layout: layout.clone() };
         return Ok(q.apply_op3_no_bwd(k_cache, v_cache, &op)?);
+    }
+    if q.device().is_cuda() && matches!(k_cache.dtype(), DType::F32 | DType::BF16 | DType::F16) {
+        // The kernel reads q in the pool's dtype.
+        let q_pool = q.to_dtype(k_cache.dtype())?;
+        return Ok(q_pool.apply_op3_no_bwd(k_cache, v_cache, &op)?.to_dtype(q.dtype())?);
     }
     // Other devices and dtypes take the reference path until their kernels exist.
     paged_attention_reference(q, k_cache, v_cache, layout)
+}
+
+/// The custom op: CPU and CUDA bodies of one operation.
+struct PagedAttentionOp {
+    layout: AttentionLayout,
+}
+
+impl CustomOp3 for PagedAttentionOp {
+    fn name(&self) -> &'static str {
+        "paged-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q_storage: &CpuStorage,
+        q_layout: &Layout,
+        k_storage: &CpuStorage,
+        k_layout: &Layout,
+        v_storage: &CpuStorage,
+        v_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        cpu::forward(&self.layout, (q_storage, q_layout), (k_storage, k_layout), (v_storage, v_layout))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        q_storage: &candle_core::CudaStorage,
+        q_layout: &Layout,
+        k_storage: &candle_core::CudaStorage,
+        k_layout: &Layout,
+        v_storage: &candle_core::CudaStorage,
+        v_layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let inputs = cuda::Inputs {
+            q: (q_storage, q_layout),
+            k_cache: (k_storage, k_layout),
+            v_cache: (v_storage, v_layout),
+        };
+        cuda::forward(&self.layout, inputs)
+    }
 }
 
 /// Writes `k`, `v` `[num_tokens, num_kv_heads, head_dim]` into the pool at `slot_mapping`
@@ -150,7 +204,7 @@ pub fn write_kv(
         .broadcast_as((num_tokens, row))?
         .contiguous()?;
     for (cache, src) in [(k_cache, k), (v_cache, v)] {
-        let src = src.reshape((num_tokens, row))?.to_dtype(cache.dtype())?;
+        let src = src.reshape((num_tokens, row))?.to_dtype(cache.dtype())?.contiguous()?;
         // [num_slots, num_kv_heads * head_dim], a view sharing the pool's storage.
         cache.reshape((num_slots, row))?.scatter_set(&index, &src, 0)?;
     }
@@ -184,3 +238,5 @@ fn check_shapes(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, layout: &Attenti
 
 #[cfg(test)]
 mod tests;
+#[cfg(all(test, feature = "cuda"))]
+mod cuda_tests;

@@ -6,15 +6,29 @@ use proptest::prelude::*;
 
 use super::*;
 
-struct Case {
-    q: Tensor,
-    k_cache: Tensor,
-    v_cache: Tensor,
-    layout: AttentionLayout,
+pub(super) struct Case {
+    pub q: Tensor,
+    pub k_cache: Tensor,
+    pub v_cache: Tensor,
+    pub layout: AttentionLayout,
+}
+
+#[cfg(feature = "cuda")]
+impl Case {
+    /// The same case on `device` in `dtype`.
+    pub fn to(&self, device: &Device, dtype: candle_core::DType) -> Case {
+        let move_to = |t: &Tensor| t.to_dtype(dtype).unwrap().to_device(device).unwrap();
+        Case {
+            q: move_to(&self.q),
+            k_cache: move_to(&self.k_cache),
+            v_cache: move_to(&self.v_cache),
+            layout: self.layout.clone(),
+        }
+    }
 }
 
 /// Builds a pool with shuffled block tables and random K/V written through `write_kv`.
-fn make_case(
+pub(super) fn make_case(
     seqs: &[(usize, usize)], // (num_query_tokens, context_len)
     num_heads: usize,
     num_kv_heads: usize,
@@ -51,7 +65,8 @@ fn make_case(
     Case { q, k_cache, v_cache, layout }
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+pub(super) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let (a, b) = (a.to_dtype(candle_core::DType::F32).unwrap(), b.to_dtype(candle_core::DType::F32).unwrap());
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 

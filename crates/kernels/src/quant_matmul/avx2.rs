@@ -1,24 +1,32 @@
 //! AVX2/FMA/F16C kernels: activation quantization (Q8_0/Q8_1) and tiled dot products of weight
-//! rows (Q4_1, Q5_0, Q5_1) against quantized activation rows.
+//! rows (Q4_1, Q5_0, Q5_1, Q8_0) against quantized activation rows.
 //!
 //! Owns: the SIMD decoding of weight blocks and the `R rows × T tokens` register tile.
 //! Does not own: threading, tiling over the whole matrix, shape checks (see `mod.rs`).
 //!
 //! Invariants:
-//! - every weight block decodes to *unsigned* quants `u` (0..15 or 0..31) plus `[d, m]`, so one
-//!   `maddubs(u, y)` path serves all formats; Q5_0's signed quant `u − 16` is expressed as a
-//!   minimum `m = −16·d`, paired with the activation's `s = d_y·Σq_y` (see `activations`).
-//! - `maddubs` cannot saturate: `2 · 31 · 127 < i16::MAX`, and activation quants lie in −127..=127.
+//! - the 4- and 5-bit weight blocks decode to *unsigned* quants `u` (0..15 or 0..31) plus
+//!   `[d, m]`, so one `maddubs(u, y)` path serves them; Q5_0's signed quant `u − 16` is expressed
+//!   as a minimum `m = −16·d`, paired with the activation's `s = d_y·Σq_y` (see `activations`).
+//! - Q8_0 weights are signed i8 (`SimdFormat::SIGNED`) and have no minimum: the product takes
+//!   ggml's sign trick, `maddubs(|w|, sign(y, w))`, which is exact (`w·y = |w|·(sign(w)·y)`, and
+//!   `sign(w)·y` is 0 where w is 0), also for w = −128 (|w| = 128 read as unsigned).
+//! - `maddubs` cannot saturate: activation quants lie in −127..=127, and a pair sums at most
+//!   `2 · 31 · 127` (unsigned formats) or `2 · 128 · 127 = 32512` (Q8_0) `< i16::MAX`.
 //! - results equal ggml's integer dot per block times `d_x·d_y`, plus `m_x·s_y`, up to f32
 //!   rounding order.
 
 use std::arch::x86_64::*;
 
-use super::format::{ActivationKind, BlockFormat, Q4_1, Q5_0, Q5_1, QK};
+use super::format::{ActivationKind, BlockFormat, Q4_1, Q5_0, Q5_1, Q8_0, QK};
 
 /// SIMD block decoding, one implementation per weight format.
 pub(crate) trait SimdFormat: BlockFormat {
-    /// Decodes the block at `p` into 32 unsigned quants (value order) and `[d, m, 0, 0]`.
+    /// Whether `decode_simd` yields signed i8 quants (Q8_0) instead of unsigned ones.
+    const SIGNED: bool = false;
+
+    /// Decodes the block at `p` into 32 quants (value order; unsigned, or signed when
+    /// [`SIGNED`](Self::SIGNED)) and `[d, m, 0, 0]`.
     ///
     /// # Safety
     /// `p` must point to `Self::BLOCK_BYTES` readable bytes.
@@ -102,6 +110,45 @@ impl SimdFormat for Q5_0 {
     }
 }
 
+impl SimdFormat for Q8_0 {
+    const SIGNED: bool = true;
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn decode_simd(p: *const u8) -> (__m256i, __m128) {
+        // SAFETY: the block is 34 bytes: d at 0..2, 32 signed quants at 2..34.
+        unsafe {
+            let d_bits = std::ptr::read_unaligned(p as *const u16);
+            let q = _mm256_loadu_si256(p.add(2) as *const __m256i);
+            (q, _mm_cvtph_ps(_mm_cvtsi32_si128(d_bits as i32))) // [d, 0, 0, 0]
+        }
+    }
+}
+
+/// The signed `maddubs` operand for activation quants `y` against decoded weight quants `w`:
+/// `y` itself for unsigned formats, `sign(y, w)` for signed ones (paired with
+/// [`weight_operand`]'s `|w|`).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn activation_operand<F: SimdFormat>(w: __m256i, y: __m256i) -> __m256i {
+    if F::SIGNED {
+        _mm256_sign_epi8(y, w)
+    } else {
+        y
+    }
+}
+
+/// The unsigned `maddubs` operand of decoded weight quants: `w` itself, or `|w|` when signed.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn weight_operand<F: SimdFormat>(w: __m256i) -> __m256i {
+    if F::SIGNED {
+        _mm256_sign_epi8(w, w)
+    } else {
+        w
+    }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn hsum_f32x8(x: __m256) -> f32 {
@@ -141,20 +188,24 @@ pub(crate) fn dot_tile<F: SimdFormat, const R: usize, const T: usize>(args: &Til
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); R]; T];
     let mut acc_min = [[_mm_setzero_ps(); R]; T];
-    // The next tile's rows start right after this tile's; two lines per block cover them
-    // (R · BLOCK_BYTES ≤ 4 · 24 < 128 bytes per block). A hint only: it never faults, also past the
-    // end of the weights. Without it the 2-core dev machine streamed a decode step's weights from
-    // DRAM at 8 GB/s instead of 15–22 GB/s.
+    // The next tile's rows start right after this tile's; `PREFETCH_LINES` lines per block cover
+    // them (two while R · BLOCK_BYTES ≤ 128, e.g. 4 · 24; three for 4 rows of Q8_0's 34 bytes).
+    // A hint only: it never faults, also past the end of the weights. Without it the 2-core dev
+    // machine streamed a decode step's weights from DRAM at 8 GB/s instead of 15–22 GB/s.
+    let prefetch_lines = (R * F::BLOCK_BYTES).div_ceil(64).max(2);
     let next_tile = w.wrapping_add(R * args.row_bytes);
     for b in 0..nb {
-        _mm_prefetch::<_MM_HINT_T0>(next_tile.wrapping_add(b * 128) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(next_tile.wrapping_add(b * 128 + 64) as *const i8);
+        for line in 0..prefetch_lines {
+            _mm_prefetch::<_MM_HINT_T0>(next_tile.wrapping_add(b * prefetch_lines * 64 + line * 64) as *const i8);
+        }
         let mut wq = [_mm256_setzero_si256(); R];
+        let mut wu = [_mm256_setzero_si256(); R];
         let mut wdm = [_mm_setzero_ps(); R];
         for r in 0..R {
             // SAFETY: row r < R, block b < nb; the asserts above bound both inside `weights`.
             let (q, dm) = unsafe { F::decode_simd(w.add(r * args.row_bytes + b * F::BLOCK_BYTES)) };
             wq[r] = q;
+            wu[r] = weight_operand::<F>(q);
             wdm[r] = dm;
         }
         for t in 0..T {
@@ -168,18 +219,24 @@ pub(crate) fn dot_tile<F: SimdFormat, const R: usize, const T: usize>(args: &Til
                 )
             };
             for r in 0..R {
-                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(wq[r], y), ones);
+                let y = activation_operand::<F>(wq[r], y);
+                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(wu[r], y), ones);
                 let scales = _mm_mul_ps(wdm[r], yds); // [d_x·d_y, m_x·s_y, 0, 0]
                 acc[t][r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(scales), _mm256_cvtepi32_ps(dot), acc[t][r]);
-                acc_min[t][r] = _mm_add_ps(acc_min[t][r], scales);
+                if F::HAS_MIN {
+                    acc_min[t][r] = _mm_add_ps(acc_min[t][r], scales);
+                }
             }
         }
     }
     let mut out = [[0f32; R]; T];
     for t in 0..T {
         for r in 0..R {
-            let min_term = _mm_cvtss_f32(_mm_movehdup_ps(acc_min[t][r]));
-            out[t][r] = hsum_f32x8(acc[t][r]) + min_term;
+            out[t][r] = if F::HAS_MIN {
+                hsum_f32x8(acc[t][r]) + _mm_cvtss_f32(_mm_movehdup_ps(acc_min[t][r]))
+            } else {
+                hsum_f32x8(acc[t][r])
+            };
         }
     }
     out
@@ -201,7 +258,8 @@ pub(crate) struct TokenTileArgs<'a> {
 }
 
 /// Dot products of one weight row with `T ∈ {4, 8}` activation rows. Each weight block is
-/// decoded once for the whole tile; the `m·s` terms of all `T` tokens take one FMA per block.
+/// decoded once for the whole tile; the `m·s` terms of all `T` tokens take one FMA per block
+/// (none for Q8_0).
 ///
 /// Panics if the slices in `args` are shorter than the tile needs.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -225,17 +283,20 @@ pub(crate) fn dot_token_tile<F: SimdFormat, const T: usize>(args: &TokenTileArgs
         _mm_prefetch::<_MM_HINT_T0>(next_row.wrapping_add(b * 64) as *const i8);
         // SAFETY: block b < nb lies inside `row` (asserted above).
         let (q, dm) = unsafe { F::decode_simd(w.add(b * F::BLOCK_BYTES)) };
+        let q_u = weight_operand::<F>(q);
         let d_x = _mm256_broadcastss_ps(dm);
-        let m_x = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
-        // SAFETY: b·num_tokens + T ≤ s_by_block.len() (asserted above); unaligned loads.
-        let s = unsafe {
-            if T == 8 {
-                _mm256_loadu_ps(s_by_block.add(b * args.num_tokens))
-            } else {
-                _mm256_zextps128_ps256(_mm_loadu_ps(s_by_block.add(b * args.num_tokens)))
-            }
-        };
-        acc_min = _mm256_fmadd_ps(m_x, s, acc_min);
+        if F::HAS_MIN {
+            let m_x = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+            // SAFETY: b·num_tokens + T ≤ s_by_block.len() (asserted above); unaligned loads.
+            let s = unsafe {
+                if T == 8 {
+                    _mm256_loadu_ps(s_by_block.add(b * args.num_tokens))
+                } else {
+                    _mm256_zextps128_ps256(_mm_loadu_ps(s_by_block.add(b * args.num_tokens)))
+                }
+            };
+            acc_min = _mm256_fmadd_ps(m_x, s, acc_min);
+        }
         for (t, acc) in acc.iter_mut().enumerate() {
             let act_idx = t * nb + b;
             // SAFETY: act_idx < T·nb; the asserts above bound the 32 quants and the scale.
@@ -245,7 +306,7 @@ pub(crate) fn dot_token_tile<F: SimdFormat, const T: usize>(args: &TokenTileArgs
                     _mm256_broadcast_ss(&(*ds.add(act_idx))[0]),
                 )
             };
-            let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
+            let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(q_u, activation_operand::<F>(q, y)), ones);
             *acc = _mm256_fmadd_ps(_mm256_mul_ps(d_x, d_y), _mm256_cvtepi32_ps(dot), *acc);
         }
     }
@@ -254,7 +315,7 @@ pub(crate) fn dot_token_tile<F: SimdFormat, const T: usize>(args: &TokenTileArgs
     unsafe { _mm256_storeu_ps(mins.as_mut_ptr(), acc_min) };
     let mut out = [0f32; T];
     for t in 0..T {
-        out[t] = hsum_f32x8(acc[t]) + mins[t];
+        out[t] = if F::HAS_MIN { hsum_f32x8(acc[t]) + mins[t] } else { hsum_f32x8(acc[t]) };
     }
     out
 }

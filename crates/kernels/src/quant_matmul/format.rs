@@ -1,5 +1,5 @@
-//! ggml block formats of the weights (Q4_1, Q5_0, Q5_1) and of the quantized activations they
-//! are dotted with (Q8_1, Q8_0), plus IEEE half-precision conversions.
+//! ggml block formats of the weights (Q4_1, Q5_0, Q5_1, Q8_0) and of the quantized activations
+//! they are dotted with (Q8_1, Q8_0), plus IEEE half-precision conversions.
 //!
 //! Owns: byte layouts, the per-block scalar dot products (ggml's `vec_dot_*` math, used as the
 //! portable fallback and as the exact twin of the SIMD kernels), and f16 <-> f32.
@@ -7,6 +7,9 @@
 //!
 //! Invariants: a block holds [`QK`] values; every weight block starts with its f16 scale `d`
 //! (Q4_1/Q5_1 follow it with the f16 minimum `m`); bytes are little-endian exactly as in GGUF.
+//! Decoded quants are `d · q + m` with `q` in 0..=31 (Q4_1, Q5_1), −16..=15 (Q5_0) or the full
+//! i8 range −128..=127 (Q8_0: any byte is a valid quant, though ggml's quantizer writes only
+//! −127..=127).
 
 // On x86-64-v3 builds the scalar twins only serve the tests that bind the SIMD kernels to them.
 #![cfg_attr(
@@ -34,6 +37,9 @@ pub(crate) trait BlockFormat: Send + Sync + 'static {
     /// Bytes per block of [`QK`] values.
     const BLOCK_BYTES: usize;
     const ACTIVATION: ActivationKind;
+    /// Whether decoded values carry a minimum term `m` (false only for Q8_0, whose `m` is 0 and
+    /// whose dot product never touches the activation sums).
+    const HAS_MIN: bool = true;
 
     /// Decodes one block into its 32 integer quants (in value order), `d` and `m` (0 when the
     /// format has no minimum). `block.len() >= BLOCK_BYTES`.
@@ -43,6 +49,7 @@ pub(crate) trait BlockFormat: Send + Sync + 'static {
 pub(crate) struct Q4_1;
 pub(crate) struct Q5_0;
 pub(crate) struct Q5_1;
+pub(crate) struct Q8_0;
 
 fn read_u16(bytes: &[u8], offset: usize) -> u16 {
     u16::from_le_bytes([bytes[offset], bytes[offset + 1]])
@@ -103,18 +110,34 @@ impl BlockFormat for Q5_1 {
     }
 }
 
+impl BlockFormat for Q8_0 {
+    const BLOCK_BYTES: usize = 34; // d: f16, qs: [i8; 32]
+    const ACTIVATION: ActivationKind = ActivationKind::Q8_0;
+    const HAS_MIN: bool = false;
+
+    fn decode(block: &[u8]) -> ([i8; QK], f32, f32) {
+        let mut q = [0i8; QK];
+        for (q, &b) in q.iter_mut().zip(&block[2..2 + QK]) {
+            *q = b as i8;
+        }
+        (q, f16_to_f32(read_u16(block, 0)), 0.0)
+    }
+}
+
 /// Bytes per block of `dtype`, when it is a supported weight format.
 pub(crate) fn block_bytes(dtype: GgmlDType) -> Option<usize> {
     match dtype {
         GgmlDType::Q4_1 => Some(Q4_1::BLOCK_BYTES),
         GgmlDType::Q5_0 => Some(Q5_0::BLOCK_BYTES),
         GgmlDType::Q5_1 => Some(Q5_1::BLOCK_BYTES),
+        GgmlDType::Q8_0 => Some(Q8_0::BLOCK_BYTES),
         _ => None,
     }
 }
 
 /// Scalar dot product of one weight row with one quantized activation row, block by block in
-/// ggml's order: `Σ_b sumi_b · d_x · d_y + m_x · s_y`.
+/// ggml's order: `Σ_b sumi_b · d_x · d_y + m_x · s_y` (for Q8_0, `m_x = 0`: ggml's and candle's
+/// `vec_dot_q8_0_q8_0`, `Σ_b sumi_b · d_x · d_y`).
 /// `row.len() == num_blocks * F::BLOCK_BYTES`, `qs.len() == num_blocks * QK`, `ds.len() == num_blocks`.
 pub(crate) fn dot_row_scalar<F: BlockFormat>(row: &[u8], qs: &[i8], ds: &[[f32; 2]]) -> f32 {
     let mut sum = 0f32;
@@ -122,7 +145,7 @@ pub(crate) fn dot_row_scalar<F: BlockFormat>(row: &[u8], qs: &[i8], ds: &[[f32; 
     for ((block, y), &[d_y, s_y]) in blocks {
         let (x, d_x, m_x) = F::decode(block);
         let sumi: i32 = x.iter().zip(y).map(|(&a, &b)| a as i32 * b as i32).sum();
-        sum += sumi as f32 * d_x * d_y + m_x * s_y;
+        sum += if F::HAS_MIN { sumi as f32 * d_x * d_y + m_x * s_y } else { sumi as f32 * d_x * d_y };
     }
     sum
 }

@@ -186,7 +186,7 @@ pub(crate) trait RowKernels: BlockFormat {
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
 mod simd_tiles {
     use super::super::avx2::{dot_tile, dot_token_tile, SimdFormat, TileArgs, TokenTileArgs};
-    use super::super::format::{Q4_1, Q5_0, Q5_1, QK};
+    use super::super::format::{Q4_1, Q5_0, Q5_1, Q8_0, QK};
     use super::{ChunkArgs, RowKernels};
 
     /// Row tile when decoding a single token (weights read once, four rows share each load of y).
@@ -299,11 +299,17 @@ mod simd_tiles {
             unsafe { rows_chunk_simd::<Self>(chunk, emit) }
         }
     }
+    impl RowKernels for Q8_0 {
+        fn rows_chunk(chunk: &ChunkArgs<'_>, emit: &mut impl FnMut(usize, usize, f32)) {
+            // SAFETY: compiled only when AVX2, FMA and F16C are enabled for the whole build.
+            unsafe { rows_chunk_simd::<Self>(chunk, emit) }
+        }
+    }
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
 mod scalar_rows {
-    use super::super::format::{dot_row_scalar, BlockFormat, Q4_1, Q5_0, Q5_1, QK};
+    use super::super::format::{dot_row_scalar, BlockFormat, Q4_1, Q5_0, Q5_1, Q8_0, QK};
     use super::{ChunkArgs, RowKernels};
 
     fn rows_chunk_scalar<F: BlockFormat>(chunk: &ChunkArgs<'_>, emit: &mut impl FnMut(usize, usize, f32)) {
@@ -330,6 +336,11 @@ mod scalar_rows {
         }
     }
     impl RowKernels for Q5_1 {
+        fn rows_chunk(chunk: &ChunkArgs<'_>, emit: &mut impl FnMut(usize, usize, f32)) {
+            rows_chunk_scalar::<Self>(chunk, emit)
+        }
+    }
+    impl RowKernels for Q8_0 {
         fn rows_chunk(chunk: &ChunkArgs<'_>, emit: &mut impl FnMut(usize, usize, f32)) {
             rows_chunk_scalar::<Self>(chunk, emit)
         }

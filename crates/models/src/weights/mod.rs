@@ -148,7 +148,7 @@ impl<'a> Weights<'a> {
 
     fn matmul_weight(&self, name: &str, out_dim: usize, in_dim: usize) -> LinearWeight {
         let result = match self.fetch(name, &[out_dim, in_dim]) {
-            Some(RawTensor::Quantized(q)) => LinearWeight::from_qtensor(q),
+            Some(RawTensor::Quantized(q)) => LinearWeight::from_qtensor(q, self.dtype),
             Some(RawTensor::Dense(t)) => self.dense_matmul_weight(t, in_dim),
             None => return LinearWeight::Candle(QMatMul::Tensor(self.placeholder(&[out_dim, in_dim]))),
         };
@@ -161,7 +161,7 @@ impl<'a> Weights<'a> {
     fn dense_matmul_weight(&self, t: Tensor, in_dim: usize) -> Result<LinearWeight> {
         match self.quantize {
             Some(q) if in_dim % q.block_size() == 0 => {
-                LinearWeight::from_qtensor(QTensor::quantize(&t.to_dtype(DType::F32)?, q)?)
+                LinearWeight::from_qtensor(QTensor::quantize(&t.to_dtype(DType::F32)?, q)?, self.dtype)
             }
             _ => Ok(LinearWeight::Candle(QMatMul::Tensor(t.to_dtype(self.dtype)?))),
         }

@@ -3,15 +3,19 @@
 //! Owns: the vocabulary arrays (`tokenizer.ggml.tokens`, `token_type`, `scores`), token types
 //! (control / user-defined tokens become added tokens matched in raw text, as llama.cpp's
 //! special-token partition does), BOS/EOS/end-of-turn ids, `add_bos_token` defaults, and the
-//! chat template. The two vocabulary kinds live in `bpe.rs` (`gpt2`) and `spm.rs` (`llama`).
+//! chat template. The two vocabulary kinds live in `bpe.rs` (`gpt2`) and `spm.rs` (`llama`);
+//! `export.rs` goes the other way (a byte-level BPE tokenizer to `tokenizer.*` metadata).
 //!
 //! Invariants: token ids equal their index in `tokenizer.ggml.tokens`; every id read from
 //! metadata is checked against the vocabulary size; an unknown `tokenizer.ggml.model` or
 //! `tokenizer.ggml.pre` is an error, never a silent fallback to a different split.
 
 mod bpe;
+mod export;
 mod meta;
 mod spm;
+
+pub(crate) use export::to_gguf_metadata;
 
 use candle_core::quantized::gguf_file::Content;
 use tokenizers::AddedToken;
