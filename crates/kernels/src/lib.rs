@@ -9,6 +9,7 @@
 //!
 //! Feature flags for accelerators (`cuda`, `metal`) belong here and in the CLI only.
 
+pub mod math;
 pub mod paged_attention;
 pub mod quant_matmul;
 

@@ -16,6 +16,7 @@
 //! `o' = a·o + Σ e^(s_p − m')·v_p` (sums in ascending position order); the output is `o / l`.
 //! `exp` is a branch-free polynomial (a few ulp; `exp_nonpositive`), so chunks vectorize.
 
+use crate::math::exp_nonpositive;
 use candle_core::{CpuStorage, Layout, Shape};
 
 use super::{AttentionLayout, SequenceSpan};
@@ -422,32 +423,6 @@ mod simd {
     }
 }
 
-/// `exp(x)` for `x <= 0` (larger `x` is treated as 0): exactly 1 at 0, exactly 0 below −87 (and
-/// at −∞), within a few ulp elsewhere (Cephes polynomial with Cody–Waite range reduction; the
-/// sampler's `exp_nonpositive`). Branch-free; `simd::exp_nonpositive` is its 8-lane twin.
-#[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_359_4; // exactly 355/512 as f32
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    /// 1.5 · 2^23: adding then subtracting it rounds to the nearest integer.
-    const ROUND: f32 = 12_582_912.0;
-    let clamped = x.clamp(-88.0, 0.0);
-    let shifted = clamped * std::f32::consts::LOG2_E + ROUND;
-    let n = shifted - ROUND;
-    let r = clamped - n * LN2_HI - n * LN2_LO;
-    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let y = p * (r * r) + r + 1.0;
-    // 2^n from exponent bits `n + 127` (n = −127 gives 0.0), by integer arithmetic on `shifted`.
-    let scale = f32::from_bits(shifted.to_bits().wrapping_sub(ROUND.to_bits() - 127) << 23);
-    if x < -87.0 {
-        0.0
-    } else {
-        y * scale
-    }
-}
 
 #[cfg(test)]
 mod tests {
