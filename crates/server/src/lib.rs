@@ -108,14 +108,20 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let (status, text) = if state.handle().is_running() {
         (axum::http::StatusCode::OK, "ok")
     } else {
-        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "engine stopped")
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "engine stopped",
+        )
     };
-    (status, Json(serde_json::json!({
-        "status": text,
-        "model": state.model_name(),
-        "num_requests_running": stats.num_running,
-        "num_requests_waiting": stats.num_waiting,
-    })))
+    (
+        status,
+        Json(serde_json::json!({
+            "status": text,
+            "model": state.model_name(),
+            "num_requests_running": stats.num_running,
+            "num_requests_waiting": stats.num_waiting,
+        })),
+    )
 }
 
 /// `GET /metrics`: Prometheus text exposition.

@@ -17,7 +17,10 @@ use hearth_engine::serve::{Delta, Finish, TokenLogprob, Usage};
 use hearth_tokenizer::Tokenizer;
 
 use super::types::{Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Prompt};
-use super::{finish_reason_body, finite_logprob, to_json, usage_body, ResponseContext};
+use super::{
+    finish_reason_body, finite_logprob, stream_end, stream_error, to_json, usage_body,
+    ResponseContext,
+};
 use crate::error::ServerError;
 use crate::json::ApiJson;
 use crate::metrics::Arrival;
@@ -216,15 +219,13 @@ impl ChunkRenderer for CompletionRenderer {
     }
 
     fn end(&mut self, usage: &Usage, _timings: &Timings) -> Vec<String> {
-        let mut chunks = Vec::with_capacity(2);
-        if self.include_usage {
-            chunks.push(self.chunk(Vec::new(), Some(*usage)));
-        }
-        chunks.push("[DONE]".to_string());
-        chunks
+        stream_end(
+            self.include_usage
+                .then(|| self.chunk(Vec::new(), Some(*usage))),
+        )
     }
 
     fn error(&mut self, err: &ServerError) -> Vec<String> {
-        vec![err.report().openai_json().to_string(), "[DONE]".to_string()]
+        stream_error(err)
     }
 }

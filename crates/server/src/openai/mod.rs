@@ -79,6 +79,19 @@ pub fn finish_reason_body(reason: &FinishReason) -> FinishReasonBody {
     }
 }
 
+/// The end of an OpenAI stream: the usage chunk when the client asked for one, then `[DONE]`.
+pub fn stream_end(usage_chunk: Option<String>) -> Vec<String> {
+    usage_chunk
+        .into_iter()
+        .chain(["[DONE]".to_string()])
+        .collect()
+}
+
+/// A failed OpenAI stream: the error object, then `[DONE]`.
+pub fn stream_error(err: &ServerError) -> Vec<String> {
+    vec![err.report().openai_json().to_string(), "[DONE]".to_string()]
+}
+
 /// Serializes a chunk; these types always serialize, but an error still yields valid JSON.
 pub fn to_json(value: &impl Serialize) -> String {
     serde_json::to_string(value).unwrap_or_else(|err| {

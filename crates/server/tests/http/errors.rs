@@ -332,6 +332,14 @@ async fn a_dead_engine_fails_the_running_request_and_refuses_new_ones_with_503()
         assert_eq!(error["code"], "engine_shutting_down");
         break;
     }
-    let health = send(&router, Request::get("/health").body(Body::empty()).unwrap()).await;
-    assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE, "/health must report the dead engine");
+    let health = send(
+        &router,
+        Request::get("/health").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        health.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "/health must report the dead engine"
+    );
 }
