@@ -115,6 +115,13 @@ fn open_cuda(ordinal: usize) -> Result<ComputeDevice> {
         bail!("--device cuda:{ordinal}: this machine has {num_gpus} CUDA GPU(s)");
     }
     let device = Device::new_cuda(ordinal).map_err(|e| anyhow::anyhow!("opening cuda:{ordinal}: {e}"))?;
+    if let Device::Cuda(dev) = &device {
+        // hearth runs all GPU work on candle's one stream, so cross-stream event tracking is
+        // only overhead, and CUDA-graph recording (`hearth_kernels::graph`) needs it off for
+        // every tensor, weights included: they must be created after this.
+        // SAFETY: one stream per device; nothing is shared with another stream.
+        unsafe { dev.disable_event_tracking() };
+    }
     // candle's BF16 kernels need compute capability 8.0 (Ampere) or newer.
     let dtype = match &device {
         Device::Cuda(dev) => match dev.cuda_stream().context().compute_capability() {

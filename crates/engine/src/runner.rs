@@ -6,7 +6,7 @@
 //! block table; `step` appends exactly the tokens it is given.
 
 use candle_core::{DType, Device, Tensor};
-use hearth_models::{ForwardBatch, PagedKvCache, SequenceInput, Transformer};
+use hearth_models::{DecodeGraphs, ForwardBatch, PagedKvCache, SequenceInput, Transformer};
 use hearth_scheduler::{BlockPool, BlockTable};
 
 use crate::{EngineError, Result};
@@ -53,12 +53,15 @@ pub struct ModelRunner {
     kv_cache: PagedKvCache,
     pool: BlockPool,
     device: Device,
+    /// Generation steps replayed as device graphs (GPU only).
+    graphs: Option<DecodeGraphs>,
 }
 
 impl ModelRunner {
     pub fn new(model: Transformer, params: RunnerParams, device: &Device) -> Result<Self> {
         let kv_cache = PagedKvCache::new(&model.config, params.num_blocks, params.block_size, params.kv_dtype, device)?;
-        Ok(Self { model, kv_cache, pool: BlockPool::new(params.num_blocks)?, device: device.clone() })
+        let graphs = DecodeGraphs::new(device, 1, params.num_blocks, 512);
+        Ok(Self { model, kv_cache, pool: BlockPool::new(params.num_blocks)?, device: device.clone(), graphs })
     }
 
     pub fn block_size(&self) -> usize {
@@ -102,11 +105,24 @@ impl ModelRunner {
             block_table: seq.block_table.blocks().iter().map(|b| b.0).collect(),
             wants_logits: true,
         };
-        let batch = match rows {
-            LogitRows::Last => ForwardBatch::new(std::slice::from_ref(&input), self.block_size(), &self.device)?,
-            LogitRows::All => ForwardBatch::all_logits(&input, self.block_size(), &self.device)?,
+        let num_new = input.new_token_ids.len();
+        let graphed = match (&mut self.graphs, &rows) {
+            (Some(graphs), LogitRows::Last) => graphs.forward(&self.model, &self.kv_cache, std::slice::from_ref(&input))?,
+            _ => None,
         };
-        let logits = self.model.forward(&batch, &self.kv_cache)?;
+        let logits = match graphed {
+            Some(logits) => logits,
+            None => {
+                if let Some(graphs) = &mut self.graphs {
+                    graphs.before_eager_step(num_new);
+                }
+                let batch = match rows {
+                    LogitRows::Last => ForwardBatch::new(std::slice::from_ref(&input), self.block_size(), &self.device)?,
+                    LogitRows::All => ForwardBatch::all_logits(&input, self.block_size(), &self.device)?,
+                };
+                self.model.forward(&batch, &self.kv_cache)?
+            }
+        };
         seq.num_computed_tokens = end;
         Ok(logits)
     }

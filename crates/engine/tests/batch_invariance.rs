@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
-use hearth_engine::serve::{EngineConfig, EngineHandle, EngineRequest, FinishReason, KvPoolParams, LocalExecutor, ModelInfo};
+use hearth_engine::serve::{EngineConfig, EngineHandle, EngineRequest, FinishReason, KvPoolParams, LocalExecutor, ModelInfo, StepLimits};
 use hearth_models::{LoadOptions, ModelFiles};
 use hearth_tokenizer::{BosPolicy, Tokenizer};
 
@@ -47,7 +47,12 @@ fn start(model_path: &Path, tokenizer: Arc<Tokenizer>, limits: Limits) -> Engine
     let loaded = ModelFiles::open(model_path).unwrap().load(&LoadOptions::default()).unwrap();
     let config = loaded.model.config.clone();
     let pool = KvPoolParams { num_blocks: limits.num_blocks, block_size: limits.block_size, dtype: DType::F32 };
-    let executor = LocalExecutor::new(loaded.model, pool, &Device::Cpu).unwrap();
+    let step_limits = StepLimits {
+        max_num_seqs: limits.max_num_seqs,
+        max_num_batched_tokens: limits.max_num_batched_tokens,
+        max_model_len: config.context_length,
+    };
+    let executor = LocalExecutor::new(loaded.model, pool, step_limits, &Device::Cpu).unwrap();
     let info = ModelInfo {
         name: "test".into(),
         architecture: config.arch.name().to_string(),

@@ -125,7 +125,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             sequences.push(SequenceSpan { query_start_idx: start, num_query_tokens, context_len, block_table });
             start += num_query_tokens;
         }
-        let layout = AttentionLayout { sequences, block_size: BLOCK_SIZE, scale: (HEAD_DIM as f32).powf(-0.5), sliding_window: None };
+        let layout = AttentionLayout { sequences, block_size: BLOCK_SIZE, scale: (HEAD_DIM as f32).powf(-0.5), sliding_window: None, device_metadata: None };
         let shape = (num_blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM);
         let k_cache = Tensor::zeros(shape, candle_core::DType::F32, &device)?;
         let v_cache = Tensor::zeros(shape, candle_core::DType::F32, &device)?;

@@ -3,18 +3,24 @@
 //! Owns: paged attention over a block-structured KV pool (CPU custom op + candle-ops reference);
 //! quantized matmul for the ggml block types candle runs without SIMD (Q4_1, Q5_0, Q5_1) and for
 //! Q8_0 (AVX2 tiles on a small work-sharing pool + dequantize-and-matmul reference). Timings and
-//! their method: `PERF.md`.
+//! their method: `PERF.md`. Fused elementwise steps of a block (`fused`: add + RMSNorm, RoPE +
+//! KV write, gated activation; CUDA bodies with references). Device graphs (`graph`): record a
+//! step's GPU work once, replay it. `nvrtc`: compiling our CUDA C sources at run time.
 //! Does not own: model structure, weight loading, scheduling. Kernels see tensors and plain
 //! metadata (block tables, sequence lengths), never requests.
 //!
 //! Feature flags for accelerators (`cuda`, `metal`) belong here and in the CLI only.
 
+pub mod fused;
+pub mod graph;
 pub mod math;
+#[cfg(feature = "cuda")]
+pub mod nvrtc;
 pub mod paged_attention;
 pub mod quant_matmul;
 
 pub use paged_attention::{
-    paged_attention, paged_attention_reference, write_kv, AttentionLayout, SequenceSpan,
+    kernel_metadata, paged_attention, paged_attention_reference, write_kv, AttentionLayout, SequenceSpan,
 };
 pub use quant_matmul::QuantizedMatrix;
 
@@ -23,6 +29,8 @@ pub use quant_matmul::QuantizedMatrix;
 pub enum KernelError {
     #[error("invalid attention metadata: {0}")]
     InvalidMetadata(String),
+    #[error("device graph: {0}")]
+    Graph(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

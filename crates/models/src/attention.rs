@@ -5,6 +5,7 @@
 //! through `hearth_kernels::paged_attention`.
 
 use candle_core::Tensor;
+use hearth_kernels::fused::{self, RopeKvInputs};
 use hearth_kernels::{paged_attention, write_kv};
 
 use crate::forward_batch::ForwardBatch;
@@ -56,9 +57,17 @@ impl Attention {
         if let Some(norm) = &self.k_norm {
             k = norm.forward(&k)?;
         }
-        let q = self.rope.apply(&q, &batch.positions)?;
-        let k = self.rope.apply(&k, &batch.positions)?;
-        write_kv(k_cache, v_cache, &k, &v, &batch.slot_mapping)?;
+        let q = if q.device().is_cuda() {
+            // One kernel: rotate q and k, write k and v to the pool.
+            let (cos, sin) = self.rope.tables();
+            let rope = RopeKvInputs { cos, sin, positions: &batch.positions, slot_mapping: &batch.slot_mapping };
+            fused::rope_write_kv(&q, &k, &v, &rope, k_cache, v_cache)?
+        } else {
+            let q = self.rope.apply(&q, &batch.positions)?;
+            let k = self.rope.apply(&k, &batch.positions)?;
+            write_kv(k_cache, v_cache, &k, &v, &batch.slot_mapping)?;
+            q
+        };
         let layout = batch.attention_layout(self.scale, self.sliding_window);
         let attn = paged_attention(&q.contiguous()?, k_cache, v_cache, &layout)?;
         // [num_tokens, num_heads * head_dim]

@@ -4,10 +4,10 @@
 //! Invariants (checked by [`ForwardBatch::new`]): every sequence's tokens are contiguous and in
 //! order; each sequence's new tokens are the last `num_new_tokens` of its `context_len`;
 //! positions run `context_len - num_new_tokens .. context_len`; `logit_rows` index into the
-//! flattened tokens.
+//! flattened tokens. A padded step ([`DecodePadding`]) has exactly `rows` one-token sequences.
 
 use candle_core::{Device, Tensor};
-use hearth_kernels::{AttentionLayout, SequenceSpan};
+use hearth_kernels::{kernel_metadata, AttentionLayout, SequenceSpan};
 
 use crate::{ModelError, Result};
 
@@ -24,7 +24,19 @@ pub struct SequenceInput {
     pub wants_logits: bool,
 }
 
-/// A prepared step on a device.
+/// Padding of a generation step to a fixed shape (CUDA graphs replay one shape): `rows` query
+/// rows (one token per sequence), block tables `table_width` entries wide. Padding rows hold
+/// token 0 at position 0 of a one-token sequence living in `scratch_block`, a pool block no
+/// request owns ([`crate::PagedKvCache::scratch_block`]), so their K/V writes touch nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodePadding {
+    pub rows: usize,
+    pub table_width: usize,
+    pub scratch_block: u32,
+}
+
+/// A prepared step on a device. All index tensors are views of one packed u32 buffer, uploaded
+/// in one copy: `[token_ids | positions | slot_mapping | logit_rows | attention metadata]`.
 pub struct ForwardBatch {
     /// `[num_tokens]` u32
     pub token_ids: Tensor,
@@ -38,10 +50,25 @@ pub struct ForwardBatch {
     /// Sequences for attention (block tables, lengths); the scale and window are set per layer.
     pub sequences: Vec<SequenceSpan>,
     pub block_size: usize,
+    /// `hearth_kernels::kernel_metadata` of `sequences` on the device (GPU only).
+    pub attention_metadata: Option<Tensor>,
+    packed: Tensor,
 }
 
-impl ForwardBatch {
-    pub fn new(inputs: &[SequenceInput], block_size: usize, device: &Device) -> Result<Self> {
+/// A step's index arrays on the host, packed as [`ForwardBatch`] lays them out on the device.
+pub struct PackedStep {
+    data: Vec<u32>,
+    num_tokens: usize,
+    num_logit_rows: usize,
+    sequences: Vec<SequenceSpan>,
+    block_size: usize,
+    with_metadata: bool,
+}
+
+impl PackedStep {
+    /// Validates `inputs` and lays out their arrays; with `padding`, the step is padded to its
+    /// fixed shape and every row (padding included) returns logits.
+    pub fn new(inputs: &[SequenceInput], block_size: usize, padding: Option<DecodePadding>, with_metadata: bool) -> Result<Self> {
         let bad = |m: String| Err(ModelError::InvalidBatch(m));
         if block_size == 0 {
             return bad("block_size is 0".into());
@@ -82,7 +109,50 @@ impl ForwardBatch {
         if token_ids.is_empty() {
             return bad("no sequences".into());
         }
-        Self::from_parts(token_ids, positions, slots, logit_rows, sequences, block_size, device)
+        let table_width = match padding {
+            None => None,
+            Some(pad) => {
+                if token_ids.len() != inputs.len() || inputs.len() > pad.rows {
+                    return bad(format!(
+                        "a padded step takes at most {} sequences of one token each, got {} tokens in {} sequences",
+                        pad.rows,
+                        token_ids.len(),
+                        inputs.len()
+                    ));
+                }
+                if let Some(i) = inputs.iter().position(|s| s.block_table.len() > pad.table_width) {
+                    return bad(format!("sequence {i}'s block table is wider than the padded width {}", pad.table_width));
+                }
+                for row in inputs.len()..pad.rows {
+                    token_ids.push(0);
+                    positions.push(0);
+                    slots.push(pad.scratch_block * block_size as u32);
+                    sequences.push(SequenceSpan {
+                        query_start_idx: row,
+                        num_query_tokens: 1,
+                        context_len: 1,
+                        block_table: vec![pad.scratch_block],
+                    });
+                }
+                logit_rows = (0..pad.rows as u32).collect();
+                Some(pad.table_width)
+            }
+        };
+        let (num_tokens, num_logit_rows) = (token_ids.len(), logit_rows.len());
+        let mut data = token_ids;
+        data.extend(positions);
+        data.extend(slots);
+        data.extend(logit_rows);
+        if with_metadata {
+            data.extend(kernel_metadata(&sequences, block_size, table_width));
+        }
+        Ok(Self { data, num_tokens, num_logit_rows, sequences, block_size, with_metadata })
+    }
+}
+
+impl ForwardBatch {
+    pub fn new(inputs: &[SequenceInput], block_size: usize, device: &Device) -> Result<Self> {
+        Self::upload(PackedStep::new(inputs, block_size, None, device.is_cuda())?, device)
     }
 
     /// Like [`ForwardBatch::new`] for one sequence but returning logits for every new token
@@ -95,25 +165,41 @@ impl ForwardBatch {
         Ok(batch)
     }
 
-    fn from_parts(
-        token_ids: Vec<u32>,
-        positions: Vec<u32>,
-        slots: Vec<u32>,
-        logit_rows: Vec<u32>,
-        sequences: Vec<SequenceSpan>,
-        block_size: usize,
-        device: &Device,
-    ) -> Result<Self> {
-        let num_logit_rows = logit_rows.len();
+    /// Uploads a packed step (one host-to-device copy) and takes views of its sections.
+    pub fn upload(step: PackedStep, device: &Device) -> Result<Self> {
+        let packed = Tensor::new(step.data.as_slice(), device)?;
+        let (t, l) = (step.num_tokens, step.num_logit_rows);
         Ok(Self {
-            token_ids: Tensor::new(token_ids.as_slice(), device)?,
-            positions: Tensor::new(positions.as_slice(), device)?,
-            slot_mapping: Tensor::new(slots.as_slice(), device)?,
-            logit_rows: Tensor::new(logit_rows.as_slice(), device)?,
-            num_logit_rows,
-            sequences,
-            block_size,
+            token_ids: packed.narrow(0, 0, t)?,
+            positions: packed.narrow(0, t, t)?,
+            slot_mapping: packed.narrow(0, 2 * t, t)?,
+            logit_rows: packed.narrow(0, 3 * t, l)?,
+            num_logit_rows: l,
+            attention_metadata: match step.with_metadata {
+                true => Some(packed.narrow(0, 3 * t + l, step.data.len() - 3 * t - l)?),
+                false => None,
+            },
+            sequences: step.sequences,
+            block_size: step.block_size,
+            packed,
         })
+    }
+
+    /// Overwrites this batch's device buffer with `step`, which must have the same shape (a
+    /// padded step of the same padding): the tensors keep their addresses, so recorded work
+    /// (a device graph) reads the new step.
+    pub fn overwrite(&mut self, step: PackedStep) -> Result<()> {
+        if step.data.len() != self.packed.dim(0)? || step.num_tokens != self.sequences.len() {
+            return Err(ModelError::InvalidBatch(format!(
+                "cannot overwrite a {}-entry step buffer with {} entries",
+                self.packed.dim(0)?,
+                step.data.len()
+            )));
+        }
+        let fresh = Tensor::new(step.data.as_slice(), self.packed.device())?;
+        self.packed.slice_set(&fresh, 0, 0)?;
+        self.sequences = step.sequences;
+        Ok(())
     }
 
     pub fn num_tokens(&self) -> usize {
@@ -122,6 +208,12 @@ impl ForwardBatch {
 
     /// The attention layout for a layer with the given scale and window.
     pub fn attention_layout(&self, scale: f32, sliding_window: Option<usize>) -> AttentionLayout {
-        AttentionLayout { sequences: self.sequences.clone(), block_size: self.block_size, scale, sliding_window }
+        AttentionLayout {
+            sequences: self.sequences.clone(),
+            block_size: self.block_size,
+            scale,
+            sliding_window,
+            device_metadata: self.attention_metadata.clone(),
+        }
     }
 }

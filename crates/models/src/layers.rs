@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
+use hearth_kernels::fused::{self, GatedActivation};
 use hearth_kernels::QuantizedMatrix;
 
 use crate::config::{Activation, ModelConfig, RopeScaling};
@@ -45,6 +46,31 @@ impl LinearWeight {
         }
         Ok(Self::Candle(QMatMul::from_arc(q)?))
     }
+}
+
+impl LinearWeight {
+    /// Bytes of the weight as stored for compute (quantized blocks or dense elements): what one
+    /// product reads.
+    pub fn stored_bytes(&self) -> u64 {
+        match self {
+            Self::Candle(QMatMul::QTensor(q)) => q.storage_size_in_bytes() as u64,
+            Self::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => tensor_bytes(t),
+            Self::Hearth(m) => m.size_in_bytes() as u64,
+        }
+    }
+
+    /// Elements of the matrix (`out_dim × in_dim`).
+    pub fn num_weights(&self) -> u64 {
+        match self {
+            Self::Candle(QMatMul::QTensor(q)) => q.shape().elem_count() as u64,
+            Self::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.elem_count() as u64,
+            Self::Hearth(m) => (m.num_rows() * m.num_cols()) as u64,
+        }
+    }
+}
+
+fn tensor_bytes(t: &Tensor) -> u64 {
+    (t.elem_count() * t.dtype().size_in_bytes()) as u64
 }
 
 /// `x Wᵀ` through candle. Its GPU quantized kernels take F32/BF16/F16 contiguous activations
@@ -100,6 +126,16 @@ impl Linear {
             None => y,
         })
     }
+
+    /// Bytes of the weight and bias as stored (what one forward reads).
+    pub fn stored_bytes(&self) -> u64 {
+        self.weight.stored_bytes() + self.bias.as_ref().map_or(0, tensor_bytes)
+    }
+
+    /// Elements of the weight matrix.
+    pub fn num_weights(&self) -> u64 {
+        self.weight.num_weights()
+    }
 }
 
 /// Token embedding table, kept quantized when stored quantized (rows are dequantized on lookup).
@@ -116,6 +152,22 @@ impl Embedding {
             Self::Quantized(q) => q.embedding(ids)?.to_dtype(dtype)?,
             Self::Dense(t) => t.index_select(ids, 0)?,
         })
+    }
+
+    /// Bytes of the whole table as stored.
+    pub fn stored_bytes(&self) -> u64 {
+        match self {
+            Self::Quantized(q) => q.storage_size_in_bytes() as u64,
+            Self::Dense(t) => tensor_bytes(t),
+        }
+    }
+
+    /// Rows of the table (the vocabulary).
+    pub fn num_rows(&self) -> usize {
+        match self {
+            Self::Quantized(q) => q.shape().dims().first().copied().unwrap_or(0),
+            Self::Dense(t) => t.dims().first().copied().unwrap_or(0),
+        }
     }
 
     /// The same table as an output projection (tied embeddings), sharing its blocks.
@@ -140,9 +192,24 @@ impl RmsNorm {
         Self { weight, eps: eps as f32 }
     }
 
+    /// Bytes of the weight vector.
+    pub fn stored_bytes(&self) -> u64 {
+        tensor_bytes(&self.weight)
+    }
+
     /// Normalizes over the last dimension of any-rank input.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)?)
+    }
+
+    /// `(norm(x + residual), x + residual)` for `[tokens, hidden]` inputs: one fused kernel on a
+    /// GPU (`hearth_kernels::fused::add_rms_norm`), an add and the norm elsewhere.
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<(Tensor, Tensor)> {
+        if x.device().is_cuda() {
+            return Ok(fused::add_rms_norm(x, residual, &self.weight, self.eps)?);
+        }
+        let sum = (x + residual)?;
+        Ok((self.forward(&sum)?, sum))
     }
 }
 
@@ -205,6 +272,11 @@ impl Rope {
         })
     }
 
+    /// The F32 `(cos, sin)` tables, `[max_positions, head_dim / 2]`.
+    pub fn tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
+    }
+
     /// Rotates `x` `[num_tokens, num_heads, head_dim]` by each token's position.
     pub fn apply(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
@@ -243,6 +315,13 @@ impl Mlp {
                 (both.narrow(D::Minus1, 0, half)?, both.narrow(D::Minus1, half, half)?)
             }
         };
+        if gate.device().is_cuda() {
+            let act = match self.activation {
+                Activation::Silu => GatedActivation::Silu,
+                Activation::GeluTanh => GatedActivation::GeluTanh,
+            };
+            return self.down.forward(&fused::gated_act(&gate, &up, act)?);
+        }
         let gate = match self.activation {
             Activation::Silu => candle_nn::ops::silu(&gate)?,
             Activation::GeluTanh => gate.gelu()?,

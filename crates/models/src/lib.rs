@@ -3,7 +3,8 @@
 //! Owns: model configs (`config`), weight files (GGUF and Hugging Face safetensors, `weights`),
 //! the shared transformer layers (`layers`, `attention`, `transformer`), one file per
 //! architecture (`arch`), the `ForwardBatch` and the paged KV pool (`kv_cache`), and random-weight
-//! benchmark GGUF files in real models' shapes (`bench`).
+//! benchmark GGUF files in real models' shapes (`bench`), and generation steps replayed as
+//! device graphs (`decode_graph`).
 //! Does not own: requests, scheduling, sampling, tokenization, HTTP. A forward pass sees
 //! flattened tokens, positions, slots and block tables — never a request.
 //!
@@ -13,6 +14,7 @@ pub mod arch;
 pub mod attention;
 pub mod bench;
 pub mod config;
+pub mod decode_graph;
 pub mod error;
 pub mod export;
 pub mod forward_batch;
@@ -24,7 +26,8 @@ pub mod weights;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};
-pub use forward_batch::{ForwardBatch, SequenceInput};
+pub use decode_graph::DecodeGraphs;
+pub use forward_batch::{DecodePadding, ForwardBatch, PackedStep, SequenceInput};
 pub use kv_cache::PagedKvCache;
 pub use loader::{load_model, LoadOptions, LoadedModel, ModelFiles, ModelFormat, QuantizeTo, WeightSummary};
 pub use transformer::Transformer;

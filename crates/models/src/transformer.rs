@@ -52,17 +52,30 @@ struct Block {
 }
 
 impl Block {
-    fn forward(&self, x: &Tensor, batch: &ForwardBatch, kv: &(Tensor, Tensor)) -> Result<Tensor> {
-        let mut h = self.attn.forward(&self.input_norm.forward(x)?, batch, &kv.0, &kv.1)?;
+    /// One block on the residual stream. The stream arrives as `residual` plus the previous
+    /// block's un-added output `delta` (None before the first block), so the add fuses into this
+    /// block's first norm; returns the new `(delta, residual)` the same way.
+    fn forward(
+        &self,
+        residual: &Tensor,
+        delta: Option<&Tensor>,
+        batch: &ForwardBatch,
+        kv: &(Tensor, Tensor),
+    ) -> Result<(Tensor, Tensor)> {
+        let (normed, residual) = match delta {
+            Some(delta) => self.input_norm.forward_residual(delta, residual)?,
+            None => (self.input_norm.forward(residual)?, residual.clone()),
+        };
+        let mut h = self.attn.forward(&normed, batch, &kv.0, &kv.1)?;
         if let Some(norm) = &self.post_attn_norm {
             h = norm.forward(&h)?;
         }
-        let h = (x + h)?;
-        let mut m = self.mlp.forward(&self.pre_mlp_norm.forward(&h)?)?;
+        let (normed, residual) = self.pre_mlp_norm.forward_residual(&h, &residual)?;
+        let mut m = self.mlp.forward(&normed)?;
         if let Some(norm) = &self.post_mlp_norm {
             m = norm.forward(&m)?;
         }
-        Ok((h + m)?)
+        Ok((m, residual))
     }
 }
 
@@ -73,7 +86,28 @@ pub struct Transformer {
     blocks: Vec<Block>,
     norm: RmsNorm,
     lm_head: Linear,
+    /// The lm_head is the embedding table (tied), not a matrix of its own.
+    lm_head_tied: bool,
     dtype: DType,
+}
+
+/// What the loaded weights occupy on their device, grouped by how a step reads them (the
+/// bandwidth roofline of `hearth bench`). Bytes are as stored for compute: quantized blocks, or
+/// dense elements in the compute dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightFootprint {
+    /// Every block's matrices, biases and norms plus the final norm: read whole by every step.
+    pub block_bytes: u64,
+    /// Elements of the blocks' weight matrices (2 FLOPs each per token).
+    pub block_matrix_weights: u64,
+    /// The output projection, read whole by a step that computes logits. When tied it is the
+    /// embedding table (same bytes, stored once).
+    pub lm_head_bytes: u64,
+    pub lm_head_weights: u64,
+    pub lm_head_tied: bool,
+    /// The token embedding table; looking up a token reads one row.
+    pub embedding_bytes: u64,
+    pub embedding_rows: u64,
 }
 
 impl Transformer {
@@ -155,7 +189,8 @@ impl Transformer {
             });
         }
         let final_norm = norm("model.norm.weight", c.hidden_size)?;
-        let lm_head = if c.tie_word_embeddings || !weights.contains("lm_head.weight") {
+        let lm_head_tied = c.tie_word_embeddings || !weights.contains("lm_head.weight");
+        let lm_head = if lm_head_tied {
             embed.as_linear()?
         } else {
             weights.linear("lm_head", c.vocab_size, c.hidden_size, Bias::None)
@@ -169,8 +204,43 @@ impl Transformer {
             blocks,
             norm: final_norm,
             lm_head,
+            lm_head_tied,
             dtype,
         })
+    }
+
+    /// The loaded weights' bytes and matrix sizes, by how a step reads them.
+    pub fn weight_footprint(&self) -> WeightFootprint {
+        let mut block_bytes = self.norm.stored_bytes();
+        let mut block_matrix_weights = 0;
+        for block in &self.blocks {
+            let attn = &block.attn;
+            let mut linears: Vec<&Linear> = match &attn.qkv {
+                QkvProj::Separate { q, k, v } => vec![q, k, v],
+                QkvProj::Fused(qkv) => vec![qkv],
+            };
+            linears.push(&attn.o);
+            match &block.mlp.gate_up {
+                GateUp::Separate { gate, up } => linears.extend([gate, up]),
+                GateUp::Fused(gate_up) => linears.push(gate_up),
+            }
+            linears.push(&block.mlp.down);
+            let norms = [Some(&block.input_norm), attn.q_norm.as_ref(), attn.k_norm.as_ref(), block.post_attn_norm.as_ref()]
+                .into_iter()
+                .chain([Some(&block.pre_mlp_norm), block.post_mlp_norm.as_ref()])
+                .flatten();
+            block_bytes += linears.iter().map(|l| l.stored_bytes()).sum::<u64>() + norms.map(RmsNorm::stored_bytes).sum::<u64>();
+            block_matrix_weights += linears.iter().map(|l| l.num_weights()).sum::<u64>();
+        }
+        WeightFootprint {
+            block_bytes,
+            block_matrix_weights,
+            lm_head_bytes: self.lm_head.stored_bytes(),
+            lm_head_weights: self.lm_head.num_weights(),
+            lm_head_tied: self.lm_head_tied,
+            embedding_bytes: self.embed.stored_bytes(),
+            embedding_rows: self.embed.num_rows() as u64,
+        }
     }
 
     /// Runs one step. Returns F32 logits `[batch.num_logit_rows, vocab_size]`.
@@ -183,17 +253,22 @@ impl Transformer {
             )));
         }
         // [num_tokens, hidden]
-        let mut x = self.embed.forward(&batch.token_ids, self.dtype)?;
+        let mut residual = self.embed.forward(&batch.token_ids, self.dtype)?;
         if let Some(scale) = self.embed_scale {
-            x = (x * scale)?;
+            residual = (residual * scale)?;
         }
+        let mut delta = None;
         for (block, kv) in self.blocks.iter().zip(&kv_cache.layers) {
-            x = block.forward(&x, batch, kv)?;
+            let (d, r) = block.forward(&residual, delta.as_ref(), batch, kv)?;
+            (delta, residual) = (Some(d), r);
         }
         // Only rows that need logits go through the final norm and the vocabulary projection.
         // [num_logit_rows, hidden]
-        let x = x.index_select(&batch.logit_rows, 0)?;
-        let x = self.norm.forward(&x)?;
+        let rows = |t: &Tensor| t.index_select(&batch.logit_rows, 0);
+        let x = match &delta {
+            Some(delta) => self.norm.forward_residual(&rows(delta)?, &rows(&residual)?)?.0,
+            None => self.norm.forward(&rows(&residual)?)?,
+        };
         Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
     }
 }

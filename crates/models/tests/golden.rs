@@ -6,9 +6,10 @@
 //!
 //! The same checks run on a CUDA GPU when this test binary is built with candle's CUDA backend
 //! (`cargo test -p hearth-models --features hearth-kernels/cuda`): F32 within 1e-3, and BF16
-//! (weights, activations and KV pool; logits up to ~6) within 0.1, where a greedy token may differ
-//! from the reference only if the reference's own margin between the two is within that
-//! tolerance. Greedy steps feed the reference's token, so one flip does not derail the rest.
+//! within 0.02 + 3 % of the row's largest |logit| (BF16 rounds weights, activations and the KV
+//! pool to 8 significant bits, ~0.2 % per rounding; through the layers the logits of these
+//! models drift by up to ~2.5 % of the row's scale), where a greedy token may differ from the
+//! reference only if the reference's own margin between the two is within that tolerance. Greedy steps feed the reference's token, so one flip does not derail the rest.
 //! Without a GPU these print why and pass, unless `HEARTH_REQUIRE_GPU=1`.
 
 use std::path::{Path, PathBuf};
@@ -22,19 +23,21 @@ const BLOCK_SIZE: usize = 4;
 struct Target {
     device: Device,
     dtype: DType,
-    tolerance: f32,
+    /// Allowed |got - want|: `absolute + relative * max |want|` over the row.
+    absolute: f32,
+    relative: f32,
 }
 
 impl Target {
     fn cpu() -> Self {
-        Self { device: Device::Cpu, dtype: DType::F32, tolerance: 1e-4 }
+        Self { device: Device::Cpu, dtype: DType::F32, absolute: 1e-4, relative: 0.0 }
     }
 
     /// GPU 0 in `dtype`, or `None` (with the reason printed) when there is none.
     fn cuda(dtype: DType) -> Option<Self> {
-        let tolerance = if dtype == DType::F32 { 1e-3 } else { 0.1 };
+        let (absolute, relative) = if dtype == DType::F32 { (1e-3, 0.0) } else { (0.02, 0.03) };
         match Device::new_cuda(0) {
-            Ok(device) => Some(Self { device, dtype, tolerance }),
+            Ok(device) => Some(Self { device, dtype, absolute, relative }),
             Err(e) if std::env::var("HEARTH_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
                 panic!("HEARTH_REQUIRE_GPU=1 but no CUDA device: {e}")
             }
@@ -61,6 +64,13 @@ fn fixture_dir(arch: &str) -> PathBuf {
     root.join(arch)
 }
 
+impl Target {
+    /// The tolerance for one row of reference logits.
+    fn tolerance(&self, want: &[f32]) -> f32 {
+        self.absolute + self.relative * want.iter().fold(0f32, |m, w| m.max(w.abs()))
+    }
+}
+
 /// Max |a - b| and the first index where they differ by more than `tolerance`.
 fn compare(got: &[f32], want: &[f32], tolerance: f32) -> (f32, Option<usize>) {
     assert_eq!(got.len(), want.len(), "vocabulary sizes differ");
@@ -83,7 +93,7 @@ fn argmax(v: &[f32]) -> u32 {
 fn check(arch: &str, model_path: &Path, target: &Target) {
     let reference: Reference =
         serde_json::from_str(&std::fs::read_to_string(fixture_dir(arch).join("reference.json")).unwrap()).unwrap();
-    let (device, tolerance) = (&target.device, target.tolerance);
+    let device = &target.device;
     let options = LoadOptions { device: device.clone(), dtype: target.dtype, quantize: None };
     let loaded = ModelFiles::open(model_path).unwrap().load(&options).unwrap();
     let model = &loaded.model;
@@ -103,6 +113,7 @@ fn check(arch: &str, model_path: &Path, target: &Target) {
     let logits = model.forward(&ForwardBatch::all_logits(&prompt, BLOCK_SIZE, device).unwrap(), &kv).unwrap();
     let logits: Vec<Vec<f32>> = logits.to_vec2().unwrap();
     for (pos, (got, want)) in logits.iter().zip(&reference.prompt_logits).enumerate() {
+        let tolerance = target.tolerance(want);
         let (max, first_bad) = compare(got, want, tolerance);
         max_seen = max_seen.max(max);
         assert!(first_bad.is_none(), "{arch} {}: prompt position {pos}: max abs diff {max} > {tolerance} (first at vocab {first_bad:?})", model_path.display());
@@ -111,6 +122,7 @@ fn check(arch: &str, model_path: &Path, target: &Target) {
     let mut context: Vec<u32> = reference.prompt_ids.clone();
     let mut step_logits = logits.last().unwrap().clone();
     for (step, (&want_id, want_logits)) in reference.greedy_ids.iter().zip(&reference.greedy_logits).enumerate() {
+        let tolerance = target.tolerance(want_logits);
         let (max, first_bad) = compare(&step_logits, want_logits, tolerance);
         max_seen = max_seen.max(max);
         assert!(first_bad.is_none(), "{arch} {}: greedy step {step}: max abs diff {max} > {tolerance}", model_path.display());

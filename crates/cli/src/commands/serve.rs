@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use hearth_engine::serve::{EngineConfig, EngineHandle, KvPoolParams, KvPoolPlan, LocalExecutor, ModelInfo};
+use hearth_engine::serve::{EngineConfig, EngineHandle, KvPoolParams, KvPoolPlan, LocalExecutor, ModelInfo, StepLimits};
 use hearth_models::ModelFormat;
 use hearth_server::ServeOptions;
 
@@ -91,6 +91,7 @@ fn start_engine(args: &ServeArgs) -> Result<EngineHandle> {
     let executor = LocalExecutor::new(
         loaded.model,
         KvPoolParams { num_blocks: pool.num_blocks, block_size: pool.block_size, dtype: kv_dtype },
+        StepLimits { max_num_seqs: args.max_seqs, max_num_batched_tokens: args.max_batched_tokens, max_model_len },
         &compute.device,
     )?;
     let info = ModelInfo {

@@ -3,7 +3,8 @@
 //! Owns: the arithmetic from (budget bytes, the model's KV bytes per token, block size) to a
 //! pool shape. Does not own: finding the budget (the CLI reads free memory or `--kv-memory`).
 //!
-//! Invariant: `num_blocks * block_size * bytes_per_token <= budget_bytes`, and the pool holds
+//! Invariant: `(num_blocks + 1) * block_size * bytes_per_token <= budget_bytes` (the pool
+//! tensors carry one scratch block beyond the `num_blocks` sequences use), and the pool holds
 //! at least one block.
 
 use crate::{EngineError, Result};
@@ -22,7 +23,10 @@ impl KvPoolPlan {
             return Err(EngineError::Invalid("KV bytes per token and block size must be positive".into()));
         }
         let bytes_per_block = bytes_per_token.saturating_mul(block_size as u64);
-        let num_blocks = usize::try_from(budget_bytes / bytes_per_block).unwrap_or(usize::MAX).min(u32::MAX as usize - 1);
+        // One block of the budget is the pool's scratch block (`PagedKvCache::scratch_block`).
+        let num_blocks = usize::try_from((budget_bytes / bytes_per_block).saturating_sub(1))
+            .unwrap_or(usize::MAX)
+            .min(u32::MAX as usize - 1);
         if num_blocks == 0 {
             return Err(EngineError::Invalid(format!(
                 "a KV memory budget of {budget_bytes} bytes holds no block of {block_size} tokens ({bytes_per_block} bytes); raise --kv-memory"
@@ -52,10 +56,10 @@ mod tests {
     #[test]
     fn budget_becomes_whole_blocks_within_the_budget() {
         let plan = KvPoolPlan::for_budget(10_000, 100, 16).unwrap();
-        assert_eq!(plan.num_blocks, 6);
-        assert_eq!(plan.num_tokens(), 96);
-        assert!(plan.num_bytes() <= 10_000);
-        assert_eq!(plan.max_request_len(8192), 96);
+        assert_eq!(plan.num_blocks, 5);
+        assert_eq!(plan.num_tokens(), 80);
+        assert!(plan.num_bytes() + 16 * 100 <= 10_000);
+        assert_eq!(plan.max_request_len(8192), 80);
         assert_eq!(plan.max_request_len(50), 50);
     }
 

@@ -2,7 +2,8 @@
 //! every planned request, then one sampler per request.
 //!
 //! Owns: the model, its paged KV tensors (`num_blocks` blocks, matching the scheduler's pool),
-//! and each request's `Sampler` + `TokenHistory`. Does not own: which blocks a request holds
+//! the device graphs that replay generation steps on a GPU (`DecodeGraphs`), and each request's
+//! `Sampler` + `TokenHistory`. Does not own: which blocks a request holds
 //! (the plan's block tables say where to write and read).
 //!
 //! Invariant: a request's history holds its prompt and every token this executor sampled for
@@ -12,7 +13,7 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device};
-use hearth_models::{ForwardBatch, PagedKvCache, SequenceInput, Transformer};
+use hearth_models::{DecodeGraphs, ForwardBatch, PagedKvCache, SequenceInput, Transformer};
 use hearth_scheduler::{RequestId, StepPlan};
 
 use super::executor::{Executor, SampledOutput, SamplingSetup};
@@ -24,6 +25,7 @@ pub struct LocalExecutor {
     model: Transformer,
     kv_cache: PagedKvCache,
     device: Device,
+    graphs: Option<DecodeGraphs>,
     requests: HashMap<RequestId, RequestSampler>,
 }
 
@@ -41,10 +43,20 @@ pub struct KvPoolParams {
     pub dtype: DType,
 }
 
+/// The largest steps the scheduler will plan (its budgets), for sizing device graphs.
+#[derive(Debug, Clone, Copy)]
+pub struct StepLimits {
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+    pub max_model_len: usize,
+}
+
 impl LocalExecutor {
-    pub fn new(model: Transformer, pool: KvPoolParams, device: &Device) -> Result<Self> {
+    pub fn new(model: Transformer, pool: KvPoolParams, limits: StepLimits, device: &Device) -> Result<Self> {
         let kv_cache = PagedKvCache::new(&model.config, pool.num_blocks, pool.block_size, pool.dtype, device)?;
-        Ok(Self { model, kv_cache, device: device.clone(), requests: HashMap::new() })
+        let table_width = limits.max_model_len.div_ceil(pool.block_size.max(1));
+        let graphs = DecodeGraphs::new(device, limits.max_num_seqs, table_width, limits.max_num_batched_tokens);
+        Ok(Self { model, kv_cache, device: device.clone(), graphs, requests: HashMap::new() })
     }
 
     pub fn model(&self) -> &Transformer {
@@ -75,9 +87,8 @@ impl Executor for LocalExecutor {
                 wants_logits: scheduled.samples,
             })
             .collect();
-        let batch = ForwardBatch::new(&inputs, self.kv_cache.block_size, &self.device)?;
         // [num_sampling_requests, vocab]
-        let logits = self.model.forward(&batch, &self.kv_cache)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let logits = self.forward(&inputs)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         let sampling_ids = plan.requests.iter().filter(|scheduled| scheduled.samples).map(|scheduled| scheduled.id);
         let mut outputs = Vec::with_capacity(logits.len());
         for (id, row) in sampling_ids.zip(&logits) {
@@ -91,6 +102,20 @@ impl Executor for LocalExecutor {
             outputs.push(SampledOutput { id, token_id, logprob });
         }
         Ok(outputs)
+    }
+}
+
+impl LocalExecutor {
+    /// A generation step through a device graph where possible, else the eager forward.
+    fn forward(&mut self, inputs: &[SequenceInput]) -> Result<candle_core::Tensor> {
+        if let Some(graphs) = &mut self.graphs {
+            if let Some(logits) = graphs.forward(&self.model, &self.kv_cache, inputs)? {
+                return Ok(logits);
+            }
+            graphs.before_eager_step(inputs.iter().map(|s| s.new_token_ids.len()).sum());
+        }
+        let batch = ForwardBatch::new(inputs, self.kv_cache.block_size, &self.device)?;
+        Ok(self.model.forward(&batch, &self.kv_cache)?)
     }
 }
 

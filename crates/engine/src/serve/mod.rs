@@ -19,7 +19,7 @@ pub use engine_loop::EngineConfig;
 pub use executor::{Executor, SampledOutput, SamplingSetup};
 pub use handle::{DeltaStream, EngineHandle};
 pub use kv_budget::KvPoolPlan;
-pub use local_executor::{token_logprob, KvPoolParams, LocalExecutor};
+pub use local_executor::{token_logprob, KvPoolParams, LocalExecutor, StepLimits};
 pub use request::{
     Delta, EngineRequest, EngineStats, Finish, FinishReason, ModelInfo, TokenLogprob, Usage, MAX_TOP_LOGPROBS,
 };

@@ -520,7 +520,7 @@ mod tests {
             let second = SequenceSpan { query_start_idx: 0, num_query_tokens: seq.num_query_tokens - split, ..seq.clone() };
             let mut parts = Vec::new();
             for (span, start) in [(first, 0), (second, split)] {
-                let layout = AttentionLayout { sequences: vec![span.clone()], ..case.layout.clone() };
+                let layout = AttentionLayout { sequences: vec![span.clone()], device_metadata: None, ..case.layout.clone() };
                 let q_part = q.narrow(0, start, span.num_query_tokens).unwrap();
                 let out = paged_attention(&q_part, &case.k_cache, &case.v_cache, &layout).unwrap();
                 parts.extend(out.flatten_all().unwrap().to_vec1::<f32>().unwrap());

@@ -1,66 +1,27 @@
 //! CUDA path of paged attention: launches `paged_attention.cu` (compiled once per process by
 //! NVRTC through candle's cudarc, loaded into each device's module cache by candle).
 //!
-//! Owns: turning an [`AttentionLayout`] into the kernel's u32 metadata (one upload per call),
+//! Owns: reading the kernel's u32 metadata (`kernel_metadata`: the caller's device copy, or
+//! one upload per call),
 //! the launch shape, dtype dispatch (F32, BF16, F16; q and the pool share one dtype).
 //! Does not own: validation (done by `check_shapes` before the op runs), the kernel's math.
-//!
-//! The compiled PTX is cached in a process-wide `OnceLock` (write-once, like candle's module
-//! store): compiling costs ~100 ms and the source never changes.
-
-use std::sync::OnceLock;
+//! Compiling and caching the source: `crate::nvrtc`.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::cudarc::nvrtc::{self, CompileOptions, Ptx};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{CudaStorage, DType, Layout, Shape};
 
-use super::{AttentionLayout, CUDA_SOURCE};
+use super::{kernel_metadata, AttentionLayout, CUDA_SOURCE};
+use crate::nvrtc::{contiguous_view, CudaModule};
 
 /// Threads per block: one chunk of context positions per iteration.
 const NUM_THREADS: u32 = 128;
 /// Each thread accumulates at most this many output dims (`MAX_DIMS_PER_THREAD` in the .cu).
 const MAX_DIMS_PER_THREAD: usize = 4;
-const MODULE_NAME: &str = "hearth_paged_attention";
 
-/// NVRTC options: PTX for the oldest architecture CUDA 13 supports; the driver JIT-compiles it
-/// for the GPU at hand.
-pub fn compile_options() -> CompileOptions {
-    CompileOptions { arch: Some("compute_75"), name: Some("paged_attention.cu".into()), ..Default::default() }
-}
-
-/// Compiles the kernel source to PTX (no GPU needed, only libnvrtc).
-pub fn compile_ptx() -> Result<Ptx, nvrtc::CompileError> {
-    nvrtc::compile_ptx_with_opts(CUDA_SOURCE, compile_options())
-}
-
-fn cached_ptx() -> candle_core::Result<&'static str> {
-    static PTX: OnceLock<Result<String, String>> = OnceLock::new();
-    PTX.get_or_init(|| compile_ptx().map(|p| p.to_src()).map_err(|e| format!("{e:?}")))
-        .as_deref()
-        .map_err(|e| candle_core::Error::Msg(format!("compiling the paged-attention CUDA kernel: {e}")))
-}
-
-/// `[row_pos (num_rows) | row_table (num_rows) | block tables]`: each row's absolute position
-/// and where its sequence's block table starts in the last section.
-fn metadata(layout: &AttentionLayout, num_rows: usize) -> Vec<u32> {
-    let mut row_pos = Vec::with_capacity(num_rows);
-    let mut row_table = Vec::with_capacity(num_rows);
-    let mut tables = Vec::new();
-    for seq in &layout.sequences {
-        let table_start = tables.len() as u32;
-        tables.extend_from_slice(&seq.block_table[..seq.context_len.div_ceil(layout.block_size)]);
-        let first_pos = seq.context_len - seq.num_query_tokens;
-        row_pos.extend((0..seq.num_query_tokens).map(|i| (first_pos + i) as u32));
-        row_table.extend(std::iter::repeat_n(table_start, seq.num_query_tokens));
-    }
-    let mut all = row_pos;
-    all.extend(row_table);
-    all.extend(tables);
-    all.push(0); // never empty
-    all
-}
+/// The kernel source as an NVRTC module.
+pub static MODULE: CudaModule = CudaModule::new("hearth_paged_attention", "paged_attention.cu", CUDA_SOURCE);
 
 pub(super) struct Inputs<'a> {
     pub q: (&'a CudaStorage, &'a Layout),
@@ -85,14 +46,6 @@ pub(super) fn forward(layout: &AttentionLayout, inputs: Inputs) -> candle_core::
     }
 }
 
-fn view<'a, T: CudaDType>((storage, l): (&'a CudaStorage, &Layout), what: &str) -> candle_core::Result<CudaView<'a, T>> {
-    let slice = storage.as_cuda_slice::<T>()?;
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(slice.slice(start..end)),
-        None => candle_core::bail!("paged attention (cuda): {what} must be contiguous"),
-    }
-}
-
 fn launch<T: CudaDType + DeviceRepr>(
     kernel: &str,
     layout: &AttentionLayout,
@@ -105,9 +58,9 @@ fn launch<T: CudaDType + DeviceRepr>(
     if head_dim > MAX_DIMS_PER_THREAD * NUM_THREADS as usize {
         candle_core::bail!("paged attention (cuda): head_dim {head_dim} > {}", MAX_DIMS_PER_THREAD * NUM_THREADS as usize);
     }
-    let q = view::<T>(inputs.q, "q")?;
-    let k_cache = view::<T>(inputs.k_cache, "k_cache")?;
-    let v_cache = view::<T>(inputs.v_cache, "v_cache")?;
+    let q = contiguous_view::<T>(inputs.q.0, inputs.q.1, "paged attention (cuda): q")?;
+    let k_cache = contiguous_view::<T>(inputs.k_cache.0, inputs.k_cache.1, "paged attention (cuda): k_cache")?;
+    let v_cache = contiguous_view::<T>(inputs.v_cache.0, inputs.v_cache.1, "paged attention (cuda): v_cache")?;
     let num_out = num_rows * num_heads * head_dim;
     // SAFETY: every element is written by the kernel (each (row, head) block writes its row).
     let out = unsafe { dev.alloc::<T>(num_out.max(1))? };
@@ -116,11 +69,30 @@ fn launch<T: CudaDType + DeviceRepr>(
         return Ok((CudaStorage::wrap_cuda_slice(out, dev), shape));
     }
 
-    let meta = dev.clone_htod(&metadata(layout, num_rows))?;
+    // The step's metadata on the device: the caller's (one upload per step, graph-safe) or
+    // uploaded here.
+    let uploaded;
+    let device_metadata = match &layout.device_metadata {
+        Some(t) => Some(t.storage_and_layout()),
+        None => None,
+    };
+    let meta: CudaView<u32> = match &device_metadata {
+        Some((storage, meta_layout)) => match &**storage {
+            candle_core::Storage::Cuda(s) => contiguous_view::<u32>(s, meta_layout, "paged attention (cuda): metadata")?,
+            _ => candle_core::bail!("paged attention (cuda): the attention metadata is not on the GPU"),
+        },
+        None => {
+            uploaded = dev.clone_htod(&kernel_metadata(&layout.sequences, layout.block_size, None))?;
+            uploaded.slice(0..)
+        }
+    };
+    if meta.len() < 2 * num_rows + 1 {
+        candle_core::bail!("paged attention (cuda): metadata has {} entries for {num_rows} rows", meta.len());
+    }
     let row_pos = meta.slice(0..num_rows);
     let row_table = meta.slice(num_rows..2 * num_rows);
     let block_tables = meta.slice(2 * num_rows..);
-    let func = dev.get_or_load_custom_func(kernel, MODULE_NAME, cached_ptx()?)?;
+    let func = MODULE.function(q_storage, kernel)?;
 
     let num_floats = head_dim + NUM_THREADS as usize;
     let shared_mem_bytes = (num_floats + num_floats % 2) * 4 + NUM_THREADS as usize * 8;

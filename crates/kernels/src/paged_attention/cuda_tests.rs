@@ -46,7 +46,7 @@ fn gpu_vs_reference(case: &Case, device: &Device, dtype: DType) -> f32 {
 
 #[test]
 fn nvrtc_compiles_the_kernel_source() {
-    let ptx = cuda::compile_ptx().unwrap_or_else(|e| panic!("NVRTC failed: {e:?}")).to_src();
+    let ptx = cuda::MODULE.compile().unwrap_or_else(|e| panic!("NVRTC failed: {e:?}")).to_src();
     for kernel in ["paged_attention_f32", "paged_attention_bf16", "paged_attention_f16"] {
         assert!(ptx.contains(&format!(".entry {kernel}(")), "PTX lacks {kernel}");
     }
@@ -79,6 +79,19 @@ fn cuda_kernel_matches_cpu_kernel_in_f32() {
     let diff = max_abs_diff(&cpu, &gpu.to_device(&Device::Cpu).unwrap());
     eprintln!("cuda vs cpu (f32): max abs diff {diff:e}");
     assert!(diff <= 1e-5, "max abs diff {diff} > 1e-5");
+}
+
+#[test]
+fn device_metadata_with_fixed_table_width_matches_the_upload_path() {
+    let Some(device) = gpu() else { return };
+    let case = make_case(&[(1, 40), (1, 129), (1, 2), (1, 77)], 8, 2, 64, 16, None);
+    let gpu_case = case.to(&device, DType::BF16);
+    let uploaded = paged_attention(&gpu_case.q, &gpu_case.k_cache, &gpu_case.v_cache, &gpu_case.layout).unwrap();
+    let width = case.layout.sequences.iter().map(|s| s.block_table.len()).max().unwrap() + 3;
+    let meta = kernel_metadata(&case.layout.sequences, case.layout.block_size, Some(width));
+    let layout = AttentionLayout { device_metadata: Some(Tensor::new(meta.as_slice(), &device).unwrap()), ..gpu_case.layout.clone() };
+    let precomputed = paged_attention(&gpu_case.q, &gpu_case.k_cache, &gpu_case.v_cache, &layout).unwrap();
+    assert_eq!(max_abs_diff(&uploaded, &precomputed), 0.0);
 }
 
 #[test]

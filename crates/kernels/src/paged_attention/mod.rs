@@ -52,6 +52,38 @@ pub struct AttentionLayout {
     pub scale: f32,
     /// When set, a query at position `p` sees only positions `> p - sliding_window`.
     pub sliding_window: Option<usize>,
+    /// [`kernel_metadata`] of `sequences`, already on the device (u32). A caller running many
+    /// layers builds it once per step; when absent the CUDA path uploads it on every call.
+    /// CUDA-graph replay needs it: a captured step must not copy from the host.
+    pub device_metadata: Option<Tensor>,
+}
+
+/// The GPU kernel's view of `sequences` as one u32 array: `[row_pos (num_rows) | row_table
+/// (num_rows) | block tables]` — each query row's absolute position, the offset of its
+/// sequence's block table in the last section, then the tables. With `table_width`, each
+/// sequence's table takes exactly that many entries (padded with 0, never read), so the array
+/// has the same length for every step of a given batch size (CUDA graphs); otherwise each
+/// table is cut to the blocks its context reaches.
+pub fn kernel_metadata(sequences: &[SequenceSpan], block_size: usize, table_width: Option<usize>) -> Vec<u32> {
+    let mut row_pos = Vec::new();
+    let mut row_table = Vec::new();
+    let mut tables = Vec::new();
+    for seq in sequences {
+        let table_start = tables.len() as u32;
+        let used = seq.context_len.div_ceil(block_size).min(seq.block_table.len());
+        tables.extend_from_slice(&seq.block_table[..used]);
+        if let Some(width) = table_width {
+            tables.resize(table_start as usize + width.max(used), 0);
+        }
+        let first_pos = seq.context_len - seq.num_query_tokens;
+        row_pos.extend((0..seq.num_query_tokens).map(|i| (first_pos + i) as u32));
+        row_table.extend(std::iter::repeat_n(table_start, seq.num_query_tokens));
+    }
+    let mut all = row_pos;
+    all.extend(row_table);
+    all.extend(tables);
+    all.push(0); // never empty
+    all
 }
 
 impl AttentionLayout {

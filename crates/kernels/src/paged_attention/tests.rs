@@ -50,7 +50,7 @@ pub(super) fn make_case(
         sequences.push(SequenceSpan { query_start_idx: start, num_query_tokens, context_len, block_table });
         start += num_query_tokens;
     }
-    let layout = AttentionLayout { sequences, block_size, scale: (head_dim as f32).powf(-0.5), sliding_window };
+    let layout = AttentionLayout { sequences, block_size, scale: (head_dim as f32).powf(-0.5), sliding_window, device_metadata: None };
     let shape = (num_blocks, block_size, num_kv_heads, head_dim);
     let k_cache = Tensor::zeros(shape, candle_core::DType::F32, &device).unwrap();
     let v_cache = Tensor::zeros(shape, candle_core::DType::F32, &device).unwrap();

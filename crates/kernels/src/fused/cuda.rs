@@ -1,0 +1,288 @@
+//! CUDA launches of `fused.cu`: each public function of `super` as a candle custom op whose
+//! CUDA body checks shapes and layouts, allocates the output and launches one kernel.
+//!
+//! `rope_write_kv` writes the KV pool in place: the pool tensors ride in the op (not as op
+//! inputs) and are written through their device pointers, like the paged-attention op reads
+//! them; the step's K/V rows must not be read by anything launched earlier that is still
+//! pending on another stream (candle runs one stream per device).
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+
+use super::{GatedActivation, RopeKvInputs, CUDA_SOURCE};
+use crate::nvrtc::{contiguous_view, CudaModule};
+use crate::Result;
+
+pub static MODULE: CudaModule = CudaModule::new("hearth_fused", "fused.cu", CUDA_SOURCE);
+
+fn suffix(dtype: DType) -> candle_core::Result<&'static str> {
+    Ok(match dtype {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        other => candle_core::bail!("fused kernels: unsupported dtype {other:?}"),
+    })
+}
+
+fn cpu_unsupported<T>(name: &str) -> candle_core::Result<T> {
+    candle_core::bail!("{name}: the fused op has only a CUDA body; the CPU runs the reference")
+}
+
+/// Dispatches `$body` with `$t` bound to the Rust type of `$dtype`.
+macro_rules! with_dtype {
+    ($dtype:expr, $t:ident, $body:expr) => {
+        match $dtype {
+            DType::F32 => {
+                type $t = f32;
+                $body
+            }
+            DType::BF16 => {
+                type $t = half::bf16;
+                $body
+            }
+            DType::F16 => {
+                type $t = half::f16;
+                $body
+            }
+            other => candle_core::bail!("fused kernels: unsupported dtype {other:?}"),
+        }
+    };
+}
+
+// ---- add_rms_norm ------------------------------------------------------------------------
+
+struct AddRmsNorm {
+    eps: f32,
+}
+
+impl CustomOp3 for AddRmsNorm {
+    fn name(&self) -> &'static str {
+        "add-rms-norm"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        cpu_unsupported(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        x_l: &Layout,
+        r: &CudaStorage,
+        r_l: &Layout,
+        w: &CudaStorage,
+        w_l: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (rows, hidden) = x_l.shape().dims2()?;
+        if r_l.shape() != x_l.shape() || w_l.shape().dims() != [hidden] {
+            candle_core::bail!("add_rms_norm: x {:?}, residual {:?}, weight {:?}", x_l.shape(), r_l.shape(), w_l.shape());
+        }
+        with_dtype!(x.dtype(), T, launch_add_rms_norm::<T>(self.eps, (x, x_l), (r, r_l), (w, w_l), rows, hidden))
+    }
+}
+
+type Operand<'a> = (&'a CudaStorage, &'a Layout);
+
+fn launch_add_rms_norm<T: CudaDType + DeviceRepr>(
+    eps: f32,
+    x: Operand,
+    r: Operand,
+    w: Operand,
+    rows: usize,
+    hidden: usize,
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    let dev = x.0.device().clone();
+    let xv = contiguous_view::<T>(x.0, x.1, "add_rms_norm: x")?;
+    let rv = contiguous_view::<T>(r.0, r.1, "add_rms_norm: residual")?;
+    let wv = contiguous_view::<T>(w.0, w.1, "add_rms_norm: weight")?;
+    // SAFETY: the kernel writes every element of both halves.
+    let out = unsafe { dev.alloc::<T>(2 * rows * hidden)? };
+    let (normed, sum) = (out.slice(0..rows * hidden), out.slice(rows * hidden..));
+    if rows > 0 {
+        let func = MODULE.function(x.0, &format!("add_rms_norm_{}", suffix(x.0.dtype())?))?;
+        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads_for(hidden), 1, 1), shared_mem_bytes: 0 };
+        let mut b = func.builder();
+        b.arg(&normed).arg(&sum).arg(&xv).arg(&rv).arg(&wv);
+        let hidden_u32 = hidden as u32;
+        b.arg(&hidden_u32).arg(&eps);
+        // SAFETY: argument order and types match `add_rms_norm_*`; views cover rows x hidden.
+        unsafe { b.launch(cfg) }.w()?;
+    }
+    Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((2, rows, hidden))))
+}
+
+/// Threads per block for a row of `width` elements: a multiple of 32, at most 1024.
+fn threads_for(width: usize) -> u32 {
+    (width.div_ceil(32) * 32).clamp(32, 1024) as u32
+}
+
+pub fn add_rms_norm(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    let (x, residual) = (x.contiguous()?, residual.contiguous()?);
+    let both = x.apply_op3_no_bwd(&residual, weight, &AddRmsNorm { eps })?;
+    Ok((both.get(0)?, both.get(1)?))
+}
+
+// ---- rope_write_kv -----------------------------------------------------------------------
+
+struct RopeWriteKv<'a> {
+    rope: &'a RopeKvInputs<'a>,
+    k_cache: &'a Tensor,
+    v_cache: &'a Tensor,
+}
+
+impl CustomOp3 for RopeWriteKv<'_> {
+    fn name(&self) -> &'static str {
+        "rope-write-kv"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        cpu_unsupported(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        q: &CudaStorage,
+        q_l: &Layout,
+        k: &CudaStorage,
+        k_l: &Layout,
+        v: &CudaStorage,
+        v_l: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        with_dtype!(q.dtype(), T, self.launch::<T>((q, q_l), (k, k_l), (v, v_l)))
+    }
+}
+
+impl RopeWriteKv<'_> {
+    fn launch<T: CudaDType + DeviceRepr>(&self, q: Operand, k: Operand, v: Operand) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (tokens, num_heads, head_dim) = q.1.shape().dims3()?;
+        let (_, num_kv_heads, _) = k.1.shape().dims3()?;
+        let (_, _, cache_kv_heads, cache_head_dim) = self.k_cache.dims4()?;
+        let half = head_dim / 2;
+        if k.1.shape().dims() != [tokens, num_kv_heads, head_dim]
+            || v.1.shape() != k.1.shape()
+            || self.v_cache.dims() != self.k_cache.dims()
+            || (cache_kv_heads, cache_head_dim) != (num_kv_heads, head_dim)
+            || head_dim % 2 != 0
+            || self.rope.cos.dim(1)? != half
+            || self.rope.sin.dims() != self.rope.cos.dims()
+            || self.rope.positions.dims() != [tokens]
+            || self.rope.slot_mapping.dims() != [tokens]
+        {
+            candle_core::bail!(
+                "rope_write_kv: q {:?}, k {:?}, v {:?}, pool {:?}, cos {:?}, positions {:?}, slots {:?} do not fit",
+                q.1.shape(),
+                k.1.shape(),
+                v.1.shape(),
+                self.k_cache.dims(),
+                self.rope.cos.dims(),
+                self.rope.positions.dims(),
+                self.rope.slot_mapping.dims()
+            );
+        }
+        let dev = q.0.device().clone();
+        let qv = contiguous_view::<T>(q.0, q.1, "rope_write_kv: q")?;
+        let kv = contiguous_view::<T>(k.0, k.1, "rope_write_kv: k")?;
+        let vv = contiguous_view::<T>(v.0, v.1, "rope_write_kv: v")?;
+        let guards = [self.k_cache, self.v_cache, self.rope.cos, self.rope.sin, self.rope.positions, self.rope.slot_mapping]
+            .map(|t| t.storage_and_layout());
+        let cuda = |i: usize| -> candle_core::Result<(&CudaStorage, &Layout)> {
+            match &*guards[i].0 {
+                candle_core::Storage::Cuda(s) => Ok((s, guards[i].1)),
+                _ => candle_core::bail!("rope_write_kv: every operand must be on the GPU"),
+            }
+        };
+        let k_cache = contiguous_view::<T>(cuda(0)?.0, cuda(0)?.1, "rope_write_kv: k_cache")?;
+        let v_cache = contiguous_view::<T>(cuda(1)?.0, cuda(1)?.1, "rope_write_kv: v_cache")?;
+        let cos = contiguous_view::<f32>(cuda(2)?.0, cuda(2)?.1, "rope_write_kv: cos")?;
+        let sin = contiguous_view::<f32>(cuda(3)?.0, cuda(3)?.1, "rope_write_kv: sin")?;
+        let positions = contiguous_view::<u32>(cuda(4)?.0, cuda(4)?.1, "rope_write_kv: positions")?;
+        let slots = contiguous_view::<u32>(cuda(5)?.0, cuda(5)?.1, "rope_write_kv: slots")?;
+        // SAFETY: the kernel writes every element of q_out.
+        let q_out = unsafe { dev.alloc::<T>((tokens * num_heads * head_dim).max(1))? };
+        if tokens > 0 {
+            let func = MODULE.function(q.0, &format!("rope_write_kv_{}", suffix(q.0.dtype())?))?;
+            let pairs = (num_heads + num_kv_heads) * half;
+            let cfg = LaunchConfig { grid_dim: (tokens as u32, 1, 1), block_dim: (threads_for(pairs).min(256), 1, 1), shared_mem_bytes: 0 };
+            let mut b = func.builder();
+            b.arg(&q_out).arg(&k_cache).arg(&v_cache).arg(&qv).arg(&kv).arg(&vv);
+            b.arg(&cos).arg(&sin).arg(&positions).arg(&slots);
+            let dims = [num_heads as u32, num_kv_heads as u32, head_dim as u32];
+            b.arg(&dims[0]).arg(&dims[1]).arg(&dims[2]);
+            // SAFETY: argument order and types match `rope_write_kv_*`; shapes were checked
+            // above; slots index the pool (built from block tables the attention op validates).
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        Ok((CudaStorage::wrap_cuda_slice(q_out, dev), Shape::from((tokens, num_heads, head_dim))))
+    }
+}
+
+pub fn rope_write_kv(q: &Tensor, k: &Tensor, v: &Tensor, rope: &RopeKvInputs, k_cache: &Tensor, v_cache: &Tensor) -> Result<Tensor> {
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    Ok(q.apply_op3_no_bwd(&k, &v, &RopeWriteKv { rope, k_cache, v_cache })?)
+}
+
+// ---- gated_act ---------------------------------------------------------------------------
+
+struct GatedAct {
+    act: GatedActivation,
+}
+
+/// Rows of a `[rows, width]` operand with unit inner stride: (view from its first element,
+/// row stride).
+fn strided_rows<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout, what: &str) -> candle_core::Result<(candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>, usize)> {
+    let (rows, width) = l.shape().dims2()?;
+    let stride = l.stride();
+    if width > 1 && stride[1] != 1 {
+        candle_core::bail!("gated_act: {what} rows must be contiguous");
+    }
+    let row_stride = if rows > 1 { stride[0] } else { width };
+    let len = if rows == 0 { 0 } else { (rows - 1) * row_stride + width };
+    let start = l.start_offset();
+    Ok((s.as_cuda_slice::<T>()?.slice(start..start + len), row_stride))
+}
+
+impl CustomOp2 for GatedAct {
+    fn name(&self) -> &'static str {
+        "gated-act"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        cpu_unsupported(self.name())
+    }
+
+    fn cuda_fwd(&self, g: &CudaStorage, g_l: &Layout, u: &CudaStorage, u_l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        if g_l.shape() != u_l.shape() {
+            candle_core::bail!("gated_act: gate {:?} and up {:?} differ", g_l.shape(), u_l.shape());
+        }
+        with_dtype!(g.dtype(), T, self.launch::<T>((g, g_l), (u, u_l)))
+    }
+}
+
+impl GatedAct {
+    fn launch<T: CudaDType + DeviceRepr>(&self, g: Operand, u: Operand) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (rows, width) = g.1.shape().dims2()?;
+        let dev = g.0.device().clone();
+        let (gv, g_stride) = strided_rows::<T>(g.0, g.1, "gate")?;
+        let (uv, u_stride) = strided_rows::<T>(u.0, u.1, "up")?;
+        // SAFETY: the kernel writes every element.
+        let out = unsafe { dev.alloc::<T>((rows * width).max(1))? };
+        if rows > 0 && width > 0 {
+            let func = MODULE.function(g.0, &format!("gated_act_{}", suffix(g.0.dtype())?))?;
+            let blocks_per_row = width.div_ceil(256).min(64) as u32;
+            let cfg = LaunchConfig { grid_dim: (blocks_per_row, rows as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            let args = [width as u32, g_stride as u32, u_stride as u32, self.act as u32];
+            let mut b = func.builder();
+            b.arg(&out).arg(&gv).arg(&uv);
+            b.arg(&args[0]).arg(&args[1]).arg(&args[2]).arg(&args[3]);
+            // SAFETY: argument order and types match `gated_act_*`; views cover every row.
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((rows, width))))
+    }
+}
+
+pub fn gated_act(gate: &Tensor, up: &Tensor, act: GatedActivation) -> Result<Tensor> {
+    Ok(gate.apply_op2_no_bwd(up, &GatedAct { act })?)
+}

@@ -1,0 +1,149 @@
+// Fused elementwise kernels of a transformer block, compiled at run time by NVRTC (no headers:
+// BF16/F16 are converted by hand, as in paged_attention.cu). All math in F32; results rounded
+// once to the storage type.
+//
+// add_rms_norm: one block per row. sum = x + residual (rounded to T, stored), out = sum / rms(sum)
+//   * weight. The norm is computed from the rounded sum, as the unfused add-then-norm does.
+// rope_write_kv: one block per token. Rotates q and k (half-split / NeoX rotary, F32 cos/sin
+//   tables indexed by position), writes the rotated q to q_out and k, v to the paged pool at the
+//   token's slot.
+// gated_act: out = act(gate) * up, act = SiLU (0) or tanh-GELU (1); gate/up rows may be strided
+//   (views of one fused gate_up matrix).
+
+#define MAX_WARPS 32
+
+struct bf16 { unsigned short bits; };
+struct f16 { unsigned short bits; };
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(bf16 x) { return __uint_as_float(((unsigned int)x.bits) << 16); }
+__device__ __forceinline__ float to_f32(f16 x) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
+    return f;
+}
+
+__device__ __forceinline__ float from_f32(float x, float*) { return x; }
+__device__ __forceinline__ bf16 from_f32(float x, bf16*) {
+    unsigned int u = __float_as_uint(x);
+    bf16 r;
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        r.bits = 0x7fc0;  // NaN
+    } else {
+        u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+        r.bits = (unsigned short)(u >> 16);
+    }
+    return r;
+}
+__device__ __forceinline__ f16 from_f32(float x, f16*) {
+    f16 r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(x));
+    return r;
+}
+template <typename T> __device__ __forceinline__ T round_to(float x) { return from_f32(x, (T*)0); }
+
+__device__ float block_sum(float v, float* scratch) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, num_warps = blockDim.x / 32;
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < num_warps ? scratch[lane] : 0.0f;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+template <typename T>
+__device__ void add_rms_norm(T* __restrict__ out, T* __restrict__ sum_out, const T* __restrict__ x,
+                             const T* __restrict__ residual, const T* __restrict__ weight,
+                             unsigned int hidden, float eps) {
+    __shared__ float scratch[MAX_WARPS];
+    const unsigned long long base = (unsigned long long)blockIdx.x * hidden;
+    float sq = 0.0f;
+    for (unsigned int i = threadIdx.x; i < hidden; i += blockDim.x) {
+        const T s = round_to<T>(to_f32(x[base + i]) + to_f32(residual[base + i]));
+        sum_out[base + i] = s;
+        const float f = to_f32(s);
+        sq += f * f;
+    }
+    const float inv_rms = rsqrtf(block_sum(sq, scratch) / (float)hidden + eps);
+    for (unsigned int i = threadIdx.x; i < hidden; i += blockDim.x) {
+        out[base + i] = round_to<T>(to_f32(sum_out[base + i]) * inv_rms * to_f32(weight[i]));
+    }
+}
+
+template <typename T>
+__device__ void rope_write_kv(T* __restrict__ q_out, T* __restrict__ k_cache, T* __restrict__ v_cache,
+                              const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                              const float* __restrict__ cos_table, const float* __restrict__ sin_table,
+                              const unsigned int* __restrict__ positions, const unsigned int* __restrict__ slots,
+                              unsigned int num_heads, unsigned int num_kv_heads, unsigned int head_dim) {
+    const unsigned int token = blockIdx.x;
+    const unsigned int half = head_dim / 2;
+    const unsigned long long pos = positions[token];
+    const unsigned long long slot = slots[token];
+    const float* cos_row = cos_table + pos * half;
+    const float* sin_row = sin_table + pos * half;
+    const unsigned int q_pairs = num_heads * half;
+    const unsigned int kv_pairs = num_kv_heads * half;
+    for (unsigned int p = threadIdx.x; p < q_pairs + kv_pairs; p += blockDim.x) {
+        const bool is_q = p < q_pairs;
+        const unsigned int local = is_q ? p : p - q_pairs;
+        const unsigned int head = local / half, i = local % half;
+        const float c = cos_row[i], s = sin_row[i];
+        if (is_q) {
+            const unsigned long long at = ((unsigned long long)token * num_heads + head) * head_dim;
+            const float x1 = to_f32(q[at + i]), x2 = to_f32(q[at + i + half]);
+            q_out[at + i] = round_to<T>(x1 * c - x2 * s);
+            q_out[at + i + half] = round_to<T>(x2 * c + x1 * s);
+        } else {
+            const unsigned long long src = ((unsigned long long)token * num_kv_heads + head) * head_dim;
+            const unsigned long long dst = (slot * num_kv_heads + head) * head_dim;
+            const float x1 = to_f32(k[src + i]), x2 = to_f32(k[src + i + half]);
+            k_cache[dst + i] = round_to<T>(x1 * c - x2 * s);
+            k_cache[dst + i + half] = round_to<T>(x2 * c + x1 * s);
+            v_cache[dst + i] = v[src + i];
+            v_cache[dst + i + half] = v[src + i + half];
+        }
+    }
+}
+
+template <typename T>
+__device__ void gated_act(T* __restrict__ out, const T* __restrict__ gate, const T* __restrict__ up,
+                          unsigned int width, unsigned int gate_stride, unsigned int up_stride, unsigned int act) {
+    const unsigned long long row = blockIdx.y;
+    for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < width; i += gridDim.x * blockDim.x) {
+        const float g = to_f32(gate[row * gate_stride + i]);
+        const float u = to_f32(up[row * up_stride + i]);
+        float a;
+        if (act == 0) {
+            a = g / (1.0f + expf(-g));
+        } else {
+            const float inner = 0.7978845608028654f * (g + 0.044715f * g * g * g);
+            a = 0.5f * g * (1.0f + tanhf(inner));
+        }
+        out[row * width + i] = round_to<T>(a * u);
+    }
+}
+
+#define INSTANTIATE(SUFFIX, T)                                                                        \
+    extern "C" __global__ void add_rms_norm_##SUFFIX(T* out, T* sum_out, const T* x, const T* residual, \
+                                                     const T* weight, unsigned int hidden, float eps) { \
+        add_rms_norm<T>(out, sum_out, x, residual, weight, hidden, eps);                              \
+    }                                                                                                 \
+    extern "C" __global__ void rope_write_kv_##SUFFIX(                                                \
+        T* q_out, T* k_cache, T* v_cache, const T* q, const T* k, const T* v, const float* cos_table,  \
+        const float* sin_table, const unsigned int* positions, const unsigned int* slots,             \
+        unsigned int num_heads, unsigned int num_kv_heads, unsigned int head_dim) {                   \
+        rope_write_kv<T>(q_out, k_cache, v_cache, q, k, v, cos_table, sin_table, positions, slots,    \
+                         num_heads, num_kv_heads, head_dim);                                          \
+    }                                                                                                 \
+    extern "C" __global__ void gated_act_##SUFFIX(T* out, const T* gate, const T* up, unsigned int width, \
+                                                  unsigned int gate_stride, unsigned int up_stride,   \
+                                                  unsigned int act) {                                 \
+        gated_act<T>(out, gate, up, width, gate_stride, up_stride, act);                              \
+    }
+
+INSTANTIATE(f32, float)
+INSTANTIATE(bf16, bf16)
+INSTANTIATE(f16, f16)

@@ -1,0 +1,133 @@
+//! Fused elementwise steps of a transformer block, each beside its reference twin written with
+//! ordinary candle ops:
+//!
+//! - [`add_rms_norm`]: `sum = x + residual; out = rms_norm(sum) * weight` (returns both).
+//! - [`rope_write_kv`]: rotary embedding of q and k (half-split / NeoX convention, F32 tables
+//!   indexed by position), k and v written to the paged pool at each token's slot; returns the
+//!   rotated q.
+//! - [`gated_act`]: `act(gate) * up` with SiLU or tanh-GELU.
+//!
+//! The fast paths are CUDA kernels (`fused.cu`, NVRTC) for F32/BF16/F16 with F32 math, one
+//! launch each where the unfused path takes several (RoPE + KV write: ~16). Elsewhere, and for
+//! unsupported dtypes or layouts, the functions run the reference. Tests on the GPU bind the two
+//! (`cuda_tests.rs`).
+
+#[cfg(feature = "cuda")]
+mod cuda;
+#[cfg(all(test, feature = "cuda"))]
+mod cuda_tests;
+
+use candle_core::{DType, Tensor, D};
+
+use crate::{write_kv, Result};
+
+/// CUDA C source of the kernels.
+pub const CUDA_SOURCE: &str = include_str!("fused.cu");
+
+/// The activation of a gated MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatedActivation {
+    Silu = 0,
+    GeluTanh = 1,
+}
+
+#[cfg(feature = "cuda")]
+fn fast_path_dtype(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
+}
+
+/// `x + residual` and its RMS norm times `weight`: `(normed, sum)`, both `[rows, hidden]`.
+pub fn add_rms_norm(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() && fast_path_dtype(x.dtype()) && residual.dtype() == x.dtype() && weight.dtype() == x.dtype() {
+        return cuda::add_rms_norm(x, residual, weight, eps);
+    }
+    add_rms_norm_reference(x, residual, weight, eps)
+}
+
+pub fn add_rms_norm_reference(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    let sum = (x + residual)?;
+    let f = sum.to_dtype(DType::F32)?;
+    let mean_square = f.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = f.broadcast_div(&(mean_square + eps as f64)?.sqrt()?)?.broadcast_mul(&weight.to_dtype(DType::F32)?)?;
+    Ok((normed.to_dtype(x.dtype())?, sum))
+}
+
+/// Rotary tables and pool slots of one step, shared by every layer's [`rope_write_kv`].
+pub struct RopeKvInputs<'a> {
+    /// `[max_positions, head_dim / 2]` F32.
+    pub cos: &'a Tensor,
+    pub sin: &'a Tensor,
+    /// `[num_tokens]` u32.
+    pub positions: &'a Tensor,
+    pub slot_mapping: &'a Tensor,
+}
+
+/// Rotates `q` `[tokens, heads, head_dim]` and `k` `[tokens, kv_heads, head_dim]`, writes the
+/// rotated k and `v` to the pool (`[num_blocks, block_size, kv_heads, head_dim]`) at each token's
+/// slot, and returns the rotated q.
+pub fn rope_write_kv(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    rope: &RopeKvInputs,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if q.device().is_cuda()
+        && fast_path_dtype(q.dtype())
+        && [k.dtype(), v.dtype(), k_cache.dtype(), v_cache.dtype()].iter().all(|&d| d == q.dtype())
+        && rope.cos.dtype() == DType::F32
+        && rope.sin.dtype() == DType::F32
+    {
+        return cuda::rope_write_kv(q, k, v, rope, k_cache, v_cache);
+    }
+    rope_write_kv_reference(q, k, v, rope, k_cache, v_cache)
+}
+
+/// Half-split rotation of `x` `[tokens, heads, head_dim]` by per-token `cos`/`sin` rows.
+fn rotate_half_split(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let f = x.to_dtype(DType::F32)?;
+    let (x1, x2) = (f.narrow(D::Minus1, 0, half)?, f.narrow(D::Minus1, half, half)?);
+    // [tokens, 1, half] broadcast over heads
+    let (cos, sin) = (cos.unsqueeze(1)?, sin.unsqueeze(1)?);
+    let first = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+    let second = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+    Ok(Tensor::cat(&[first, second], D::Minus1)?.to_dtype(x.dtype())?)
+}
+
+pub fn rope_write_kv_reference(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    rope: &RopeKvInputs,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+) -> Result<Tensor> {
+    let cos = rope.cos.index_select(rope.positions, 0)?;
+    let sin = rope.sin.index_select(rope.positions, 0)?;
+    let q = rotate_half_split(q, &cos, &sin)?;
+    let k = rotate_half_split(k, &cos, &sin)?;
+    write_kv(k_cache, v_cache, &k, v, rope.slot_mapping)?;
+    Ok(q)
+}
+
+/// `act(gate) * up`, `[rows, width]` each (rows may be strided views of one matrix).
+pub fn gated_act(gate: &Tensor, up: &Tensor, act: GatedActivation) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if gate.device().is_cuda() && fast_path_dtype(gate.dtype()) && up.dtype() == gate.dtype() {
+        return cuda::gated_act(gate, up, act);
+    }
+    gated_act_reference(gate, up, act)
+}
+
+pub fn gated_act_reference(gate: &Tensor, up: &Tensor, act: GatedActivation) -> Result<Tensor> {
+    let g = gate.to_dtype(DType::F32)?;
+    let activated = match act {
+        GatedActivation::Silu => (&g / (g.neg()?.exp()? + 1.0)?)?,
+        GatedActivation::GeluTanh => g.gelu()?,
+    };
+    Ok((activated * up.to_dtype(DType::F32)?)?.to_dtype(gate.dtype())?)
+}

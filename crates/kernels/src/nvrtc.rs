@@ -1,0 +1,75 @@
+//! Our CUDA C kernels compiled at run time by NVRTC (through candle's cudarc), one module per
+//! source file, and the small glue every launcher needs.
+//!
+//! Owns: compile options (PTX for the oldest architecture CUDA 13 supports; the driver JIT-compiles
+//! it for the GPU at hand), the process-wide PTX cache (compiling costs ~100 ms per source and a
+//! source never changes), and contiguous views of tensor storage. Does not own: any kernel.
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaStream, CudaView, LaunchArgs};
+use candle_core::cuda_backend::cudarc::nvrtc::{self, CompileOptions, Ptx};
+use candle_core::cuda_backend::CudaDType;
+use candle_core::{CudaStorage, Layout};
+
+/// One CUDA C source file and its compiled PTX.
+pub struct CudaModule {
+    /// Module name in candle's per-device module cache.
+    pub name: &'static str,
+    pub file_name: &'static str,
+    pub source: &'static str,
+    ptx: OnceLock<Result<String, String>>,
+}
+
+impl CudaModule {
+    pub const fn new(name: &'static str, file_name: &'static str, source: &'static str) -> Self {
+        Self { name, file_name, source, ptx: OnceLock::new() }
+    }
+
+    /// Compiles the source to PTX (no GPU needed, only libnvrtc).
+    pub fn compile(&self) -> Result<Ptx, nvrtc::CompileError> {
+        let options = CompileOptions { arch: Some("compute_75"), name: Some(self.file_name.into()), ..Default::default() };
+        nvrtc::compile_ptx_with_opts(self.source, options)
+    }
+
+    /// The PTX, compiled once per process.
+    pub fn ptx(&self) -> candle_core::Result<&str> {
+        self.ptx
+            .get_or_init(|| self.compile().map(|p| p.to_src()).map_err(|e| format!("{e:?}")))
+            .as_deref()
+            .map_err(|e| candle_core::Error::Msg(format!("compiling the CUDA kernels of {}: {e}", self.file_name)))
+    }
+
+    /// A kernel of this module on `storage`'s device.
+    pub fn function(&self, storage: &CudaStorage, kernel: &str) -> candle_core::Result<Kernel> {
+        let dev = storage.device();
+        let func = dev.get_or_load_custom_func(kernel, self.name, self.ptx()?)?.into_cuda_function();
+        Ok(Kernel { func, stream: dev.cuda_stream() })
+    }
+}
+
+/// A loaded kernel and the device stream it launches on.
+pub struct Kernel {
+    func: CudaFunction,
+    stream: Arc<CudaStream>,
+}
+
+impl Kernel {
+    pub fn builder(&self) -> LaunchArgs<'_> {
+        self.stream.launch_builder(&self.func)
+    }
+}
+
+/// The contiguous elements of `storage` under `layout` (`what` names the operand in errors).
+pub fn contiguous_view<'a, T: CudaDType>(
+    storage: &'a CudaStorage,
+    layout: &Layout,
+    what: &str,
+) -> candle_core::Result<CudaView<'a, T>> {
+    let slice = storage.as_cuda_slice::<T>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(slice.slice(start..end)),
+        None => candle_core::bail!("{what} must be contiguous"),
+    }
+}
