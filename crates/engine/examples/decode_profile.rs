@@ -12,6 +12,9 @@
 //! penalty 1.1: the expensive common case) — median over `steps` steps, best of `rounds` rounds.
 //! The lm_head alone (the tied embedding as a `Linear`, [N, hidden] → [N, vocab]) is timed on
 //! the same rows. For prefill: ms per chunk and tokens/s for each chunk size.
+//!
+//! A profiling aid (per-phase times); throughput with rooflines is `hearth bench`, whose token
+//! ids and block layout this shares (`hearth_engine::bench`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -19,6 +22,7 @@ use std::time::Instant;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use hearth_engine::bench::{disjoint_block_tables, random_token_ids};
 use hearth_engine::sampling::{Sampler, SamplingParams, TokenHistory};
 use hearth_models::layers::Embedding;
 use hearth_models::{ForwardBatch, LoadOptions, ModelFiles, PagedKvCache, SequenceInput};
@@ -41,19 +45,6 @@ fn list(name: &str, default: &[usize]) -> Vec<usize> {
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
-}
-
-/// Deterministic pseudo-random token ids in `[100, 10_000)` (ordinary text-like ids).
-fn tokens(n: usize, seed: u64) -> Vec<u32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            100 + (s % 9_900) as u32
-        })
-        .collect()
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -111,10 +102,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         for &n in &batches {
             // Sequence s owns blocks [s·per_seq_blocks, (s+1)·per_seq_blocks).
-            let tables: Vec<Vec<u32>> = (0..n)
-                .map(|s| ((s * per_seq_blocks) as u32..((s + 1) * per_seq_blocks) as u32).collect())
-                .collect();
-            let prompts: Vec<Vec<u32>> = (0..n).map(|s| tokens(context, s as u64 + 1)).collect();
+            let tables = disjoint_block_tables(n, per_seq_blocks * BLOCK_SIZE, BLOCK_SIZE);
+            let prompts: Vec<Vec<u32>> = (0..n).map(|s| random_token_ids(context, c.vocab_size, s as u64 + 1)).collect();
             let inputs: Vec<SequenceInput> = (0..n)
                 .map(|s| SequenceInput {
                     new_token_ids: prompts[s].clone(),
@@ -189,7 +178,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !decode_only {
         println!("{label} prefill: one prompt of {prefill_len} tokens in chunks (logits for the last row only), best of {rounds}");
         let table: Vec<u32> = (0..prefill_len.div_ceil(BLOCK_SIZE) as u32).collect();
-        let prompt = tokens(prefill_len, 99);
+        let prompt = random_token_ids(prefill_len, c.vocab_size, 99);
         for &chunk in &chunks {
             let mut best: Option<(f64, Vec<f64>)> = None;
             for _ in 0..rounds {

@@ -5,7 +5,9 @@
 //! (`perplexity`) and sampling (`sampling`, fast path beside a reference twin).
 //! Does not own: HTTP, chat templates (callers render them), file formats (`hearth-models`).
 //! Serving many requests at once (`serve`): the engine thread, its async handle, the executor.
+//! Microbenchmarks of the step with roofline accounting (`bench`, for `hearth bench`).
 
+pub mod bench;
 pub mod generate;
 pub mod perplexity;
 pub mod runner;

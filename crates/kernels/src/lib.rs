@@ -5,7 +5,8 @@
 //! Q8_0 (AVX2 tiles on a small work-sharing pool + dequantize-and-matmul reference). Timings and
 //! their method: `PERF.md`. Fused elementwise steps of a block (`fused`: add + RMSNorm, RoPE +
 //! KV write, gated activation; CUDA bodies with references). Device graphs (`graph`): record a
-//! step's GPU work once, replay it. `nvrtc`: compiling our CUDA C sources at run time.
+//! step's GPU work once, replay it. `quant_matvec`: GPU products of quantized weights and a few
+//! activation rows (generation). `nvrtc`: compiling our CUDA C sources at run time.
 //! Does not own: model structure, weight loading, scheduling. Kernels see tensors and plain
 //! metadata (block tables, sequence lengths), never requests.
 //!
@@ -18,6 +19,7 @@ pub mod math;
 pub mod nvrtc;
 pub mod paged_attention;
 pub mod quant_matmul;
+pub mod quant_matvec;
 
 pub use paged_attention::{
     kernel_metadata, paged_attention, paged_attention_reference, write_kv, AttentionLayout, SequenceSpan,

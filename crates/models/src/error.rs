@@ -26,6 +26,10 @@ pub enum ModelError {
     InvalidBatch(String),
     #[error("not a model: {0}")]
     NotAModel(String),
+    #[error("tensor parallelism: {0}")]
+    TensorParallel(String),
+    #[error("collective communication failed: {0}")]
+    Collective(String),
     #[error(transparent)]
     Kernel(#[from] hearth_kernels::KernelError),
     #[error(transparent)]

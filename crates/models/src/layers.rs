@@ -8,7 +8,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 use hearth_kernels::fused::{self, GatedActivation};
-use hearth_kernels::QuantizedMatrix;
+use hearth_kernels::{quant_matvec, QuantizedMatrix};
 
 use crate::config::{Activation, ModelConfig, RopeScaling};
 use crate::Result;
@@ -80,6 +80,10 @@ fn candle_matmul(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
     match w {
         QMatMul::QTensor(q) if !x.device().is_cpu() => {
             let x = x.contiguous()?;
+            // Generation-sized products: hearth's kernels read BF16/F16 activations directly.
+            if quant_matvec::supported(q, &x) {
+                return Ok(quant_matvec::quant_matvec(q, &x)?);
+            }
             let direct = matches!(
                 q.dtype(),
                 GgmlDType::Q4_0
@@ -106,8 +110,8 @@ fn candle_matmul(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
 /// `y = x Wᵀ + b` with `W` dense or quantized.
 #[derive(Clone)]
 pub struct Linear {
-    weight: LinearWeight,
-    bias: Option<Tensor>,
+    pub(crate) weight: LinearWeight,
+    pub(crate) bias: Option<Tensor>,
 }
 
 impl Linear {

@@ -21,6 +21,7 @@ pub mod forward_batch;
 pub mod kv_cache;
 pub mod layers;
 pub mod loader;
+pub mod tensor_parallel;
 pub mod transformer;
 pub mod weights;
 

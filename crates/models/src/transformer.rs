@@ -42,13 +42,13 @@ impl ArchSpec {
     };
 }
 
-struct Block {
-    input_norm: RmsNorm,
-    attn: Attention,
-    post_attn_norm: Option<RmsNorm>,
-    pre_mlp_norm: RmsNorm,
-    mlp: Mlp,
-    post_mlp_norm: Option<RmsNorm>,
+pub(crate) struct Block {
+    pub(crate) input_norm: RmsNorm,
+    pub(crate) attn: Attention,
+    pub(crate) post_attn_norm: Option<RmsNorm>,
+    pub(crate) pre_mlp_norm: RmsNorm,
+    pub(crate) mlp: Mlp,
+    pub(crate) post_mlp_norm: Option<RmsNorm>,
 }
 
 impl Block {
@@ -81,14 +81,14 @@ impl Block {
 
 pub struct Transformer {
     pub config: ModelConfig,
-    embed: Embedding,
-    embed_scale: Option<f64>,
-    blocks: Vec<Block>,
-    norm: RmsNorm,
-    lm_head: Linear,
+    pub(crate) embed: Embedding,
+    pub(crate) embed_scale: Option<f64>,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) norm: RmsNorm,
+    pub(crate) lm_head: Linear,
     /// The lm_head is the embedding table (tied), not a matrix of its own.
-    lm_head_tied: bool,
-    dtype: DType,
+    pub(crate) lm_head_tied: bool,
+    pub(crate) dtype: DType,
 }
 
 /// What the loaded weights occupy on their device, grouped by how a step reads them (the

@@ -1,0 +1,82 @@
+//! Binds the quantized matvec kernels to the dequantize-and-multiply reference on the GPU, for
+//! every block type, 1..=8 activation rows, BF16 and F16, and shapes of real models' products;
+//! checks that the source compiles with NVRTC. Without a GPU the device tests print why and
+//! pass, unless `HEARTH_REQUIRE_GPU=1`.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use super::*;
+
+fn gpu() -> Option<Device> {
+    match Device::new_cuda(0) {
+        Ok(device) => Some(device),
+        Err(e) if std::env::var("HEARTH_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            panic!("HEARTH_REQUIRE_GPU=1 but no CUDA device: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+#[test]
+fn nvrtc_compiles_the_matvec_source() {
+    let ptx = cuda::MODULE.compile().unwrap_or_else(|e| panic!("NVRTC failed: {e:?}")).to_src();
+    for format in ["q4k", "q6k", "q8_0", "q4_0"] {
+        for suffix in ["bf16", "f16"] {
+            for rows in 1..=MAX_ROWS {
+                let name = format!("matvec_{format}_{suffix}_{rows}");
+                assert!(ptx.contains(&format!(".entry {name}(")), "PTX lacks {name}");
+            }
+        }
+    }
+}
+
+/// Max |fast - reference| relative to the reference's largest |value|. Both accumulate in F32
+/// over the same dequantized weights; they differ in summation order and in the final rounding
+/// to BF16 (2^-9 relative) or F16.
+fn relative_diff(fast: &Tensor, slow: &Tensor) -> f32 {
+    let fast = fast.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    let slow = slow.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    let scale = slow.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+    (fast - slow).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap() / scale
+}
+
+#[test]
+fn every_format_matches_the_reference() {
+    let Some(device) = gpu() else { return };
+    let formats = [GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::Q8_0, GgmlDType::Q4_0];
+    // (n, k): attention-, MLP- and odd-sized products.
+    for (n, k) in [(96, 512), (37, 1024), (256, 2304)] {
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        for format in formats {
+            let q = QTensor::quantize_onto(&w, format, &device).unwrap();
+            for dtype in [DType::BF16, DType::F16] {
+                for rows in 1..=MAX_ROWS {
+                    let x = Tensor::randn(0f32, 1.0, (rows, k), &device).unwrap().to_dtype(dtype).unwrap();
+                    assert!(supported(&q, &x));
+                    let fast = quant_matvec(&q, &x).unwrap();
+                    let slow = quant_matvec_reference(&q, &x).unwrap();
+                    assert_eq!(fast.dims(), [rows, n]);
+                    let diff = relative_diff(&fast, &slow);
+                    let tolerance = if dtype == DType::BF16 { 1e-2 } else { 2e-3 };
+                    assert!(diff <= tolerance, "{format:?} {n}x{k} {dtype:?} rows {rows}: relative diff {diff}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn unsupported_inputs_are_declined() {
+    let Some(device) = gpu() else { return };
+    let w = Tensor::randn(0f32, 1.0, (64, 512), &Device::Cpu).unwrap();
+    let q = QTensor::quantize_onto(&w, GgmlDType::Q4K, &device).unwrap();
+    let x = |rows: usize, dtype: DType| Tensor::zeros((rows, 512), dtype, &device).unwrap();
+    assert!(!supported(&q, &x(9, DType::BF16)), "more rows than kernels");
+    assert!(!supported(&q, &x(1, DType::F32)), "F32 activations");
+    let q5 = QTensor::quantize_onto(&w, GgmlDType::Q5K, &device).unwrap();
+    assert!(!supported(&q5, &x(1, DType::BF16)), "Q5_K has no kernel");
+}

@@ -1,0 +1,339 @@
+//! One rank's model in a tensor-parallel group, built from the loaded single-device
+//! [`Transformer`] by slicing its weights per the [`ShardSpec`], and its forward pass.
+//!
+//! Each rank holds its share of attention heads (q/k/v rows, o_proj columns), of KV heads (its
+//! KV pool holds only those heads) and of MLP features (gate/up rows, down_proj columns), the
+//! replicated embeddings and norms, and its vocabulary rows of the output projection. Per block
+//! the forward issues two all-reduces (sum): after attention's o-projection and after the MLP's
+//! down projection, before the (Gemma) post-norms and the residual add; then one all-gather of
+//! the vocabulary-sharded logits. The blocks reuse `Attention` and `Mlp` unchanged: with a
+//! rank's head counts and sliced weights they compute the rank's partial sums.
+//!
+//! Owns: slicing (dense weights only: quantized ones are refused with a message naming the
+//! tensor), the rank forward, and [`ThreadedTensorParallel`], which runs a group on CPU threads.
+//! Does not own: the split itself (`shard_spec`) or the transport (`collective`).
+//!
+//! Invariants: every rank runs this same code, so collectives are issued in the same order
+//! (`CollectiveTag`s are checked by the collective); the replicated residual stream is
+//! identical on every rank because every rank receives the same reduced tensor.
+
+use std::time::Duration;
+
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Tensor};
+
+use super::collective::{Collective, CollectiveTag, ThreadCollective, ThreadGroup};
+use super::shard_spec::{ShardSpec, WeightLayout};
+use crate::attention::{Attention, QkvProj};
+use crate::config::ModelConfig;
+use crate::forward_batch::ForwardBatch;
+use crate::kv_cache::PagedKvCache;
+use crate::layers::{Embedding, GateUp, Linear, LinearWeight, Mlp, RmsNorm};
+use crate::transformer::Transformer;
+use crate::{ModelError, Result};
+
+/// The weight layout of a loaded model, read from its structure.
+pub fn weight_layout(model: &Transformer) -> WeightLayout {
+    let first = model.blocks.first();
+    let qkv_bias = first.is_some_and(|b| match &b.attn.qkv {
+        QkvProj::Separate { q, .. } => q.bias.is_some(),
+        QkvProj::Fused(qkv) => qkv.bias.is_some(),
+    });
+    WeightLayout {
+        fused_qkv: first.is_some_and(|b| matches!(b.attn.qkv, QkvProj::Fused(_))),
+        fused_gate_up: first.is_some_and(|b| matches!(b.mlp.gate_up, GateUp::Fused(_))),
+        qkv_bias,
+        qk_norm: first.is_some_and(|b| b.attn.q_norm.is_some()),
+        sandwich_norms: first.is_some_and(|b| b.post_attn_norm.is_some()),
+        lm_head_tied: model.lm_head_tied,
+    }
+}
+
+/// The shard spec of a loaded model over `world_size` ranks (refuses shapes that do not divide).
+pub fn shard_spec(model: &Transformer, world_size: usize) -> Result<ShardSpec> {
+    ShardSpec::new(&model.config, weight_layout(model), world_size)
+}
+
+struct ShardedBlock {
+    input_norm: RmsNorm,
+    attn: Attention,
+    post_attn_norm: Option<RmsNorm>,
+    pre_mlp_norm: RmsNorm,
+    mlp: Mlp,
+    post_mlp_norm: Option<RmsNorm>,
+}
+
+/// One rank's part of a model.
+pub struct ShardedTransformer {
+    rank: usize,
+    world_size: usize,
+    /// The full model's config with this rank's head, KV head and MLP counts (the KV pool's
+    /// shape).
+    rank_config: ModelConfig,
+    embed: Embedding,
+    embed_scale: Option<f64>,
+    blocks: Vec<ShardedBlock>,
+    norm: RmsNorm,
+    /// This rank's vocabulary rows (all of them when the spec replicates the projection).
+    lm_head: Linear,
+    vocab_sharded: bool,
+    dtype: DType,
+}
+
+/// The dense matrix of a linear layer; quantized storage is refused.
+fn dense_weight(linear: &Linear, name: &str) -> Result<Tensor> {
+    match &linear.weight {
+        LinearWeight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => Ok(t.clone()),
+        LinearWeight::Candle(QMatMul::QTensor(q)) => Err(quantized_refusal(name, &format!("{:?}", q.dtype()))),
+        LinearWeight::Hearth(_) => Err(quantized_refusal(name, "a block-quantized type")),
+    }
+}
+
+fn quantized_refusal(name: &str, type_name: &str) -> ModelError {
+    ModelError::TensorParallel(format!(
+        "tensor `{name}` is stored as {type_name}; tensor parallelism slices dense weights only for now \
+         (use an F32/F16/BF16 model: a Hugging Face directory without --quant, or a float GGUF)"
+    ))
+}
+
+/// Builds a rank's slice of the linear layer `prefix` (`{prefix}.weight`, `{prefix}.bias`).
+fn shard_linear(linear: &Linear, prefix: &str, spec: &ShardSpec, rank: usize) -> Result<Linear> {
+    let name = format!("{prefix}.weight");
+    let weight = spec.weight(&name)?.take(&dense_weight(linear, &name)?, rank, spec.world_size)?;
+    let weight = match &linear.weight {
+        LinearWeight::Candle(QMatMul::TensorF16(_)) => QMatMul::TensorF16(weight),
+        _ => QMatMul::Tensor(weight),
+    };
+    let bias = match &linear.bias {
+        Some(bias) => Some(spec.weight(&format!("{prefix}.bias"))?.take(bias, rank, spec.world_size)?),
+        None => None,
+    };
+    Ok(Linear::new(LinearWeight::Candle(weight), bias))
+}
+
+impl ShardedTransformer {
+    /// Rank `rank`'s model: `model`'s weights sliced per `spec` (from [`shard_spec`]). On the
+    /// CPU, row slices share the full model's storage; column slices are copies.
+    pub fn from_full(model: &Transformer, spec: &ShardSpec, rank: usize) -> Result<Self> {
+        if rank >= spec.world_size {
+            return Err(ModelError::TensorParallel(format!("rank {rank} of a {}-rank group", spec.world_size)));
+        }
+        let local = spec.rank_shape;
+        let mut blocks = Vec::with_capacity(model.blocks.len());
+        for (layer_idx, block) in model.blocks.iter().enumerate() {
+            let p = format!("model.layers.{layer_idx}");
+            let attn = &block.attn;
+            let qkv = match &attn.qkv {
+                QkvProj::Separate { q, k, v } => QkvProj::Separate {
+                    q: shard_linear(q, &format!("{p}.self_attn.q_proj"), spec, rank)?,
+                    k: shard_linear(k, &format!("{p}.self_attn.k_proj"), spec, rank)?,
+                    v: shard_linear(v, &format!("{p}.self_attn.v_proj"), spec, rank)?,
+                },
+                QkvProj::Fused(qkv) => QkvProj::Fused(shard_linear(qkv, &format!("{p}.self_attn.qkv_proj"), spec, rank)?),
+            };
+            let gate_up = match &block.mlp.gate_up {
+                GateUp::Separate { gate, up } => GateUp::Separate {
+                    gate: shard_linear(gate, &format!("{p}.mlp.gate_proj"), spec, rank)?,
+                    up: shard_linear(up, &format!("{p}.mlp.up_proj"), spec, rank)?,
+                },
+                GateUp::Fused(gate_up) => GateUp::Fused(shard_linear(gate_up, &format!("{p}.mlp.gate_up_proj"), spec, rank)?),
+            };
+            blocks.push(ShardedBlock {
+                input_norm: block.input_norm.clone(),
+                attn: Attention {
+                    qkv,
+                    o: shard_linear(&attn.o, &format!("{p}.self_attn.o_proj"), spec, rank)?,
+                    q_norm: attn.q_norm.clone(),
+                    k_norm: attn.k_norm.clone(),
+                    rope: attn.rope.clone(),
+                    num_heads: local.num_heads,
+                    num_kv_heads: local.num_kv_heads,
+                    head_dim: attn.head_dim,
+                    scale: attn.scale,
+                    sliding_window: attn.sliding_window,
+                },
+                post_attn_norm: block.post_attn_norm.clone(),
+                pre_mlp_norm: block.pre_mlp_norm.clone(),
+                mlp: Mlp {
+                    gate_up,
+                    down: shard_linear(&block.mlp.down, &format!("{p}.mlp.down_proj"), spec, rank)?,
+                    activation: block.mlp.activation,
+                },
+                post_mlp_norm: block.post_mlp_norm.clone(),
+            });
+        }
+        let lm_head_full = dense_weight(&model.lm_head, &spec.lm_head.name)?;
+        let lm_head = Linear::new(LinearWeight::Candle(QMatMul::Tensor(spec.lm_head.take(&lm_head_full, rank, spec.world_size)?)), None);
+        let mut rank_config = model.config.clone();
+        rank_config.num_heads = local.num_heads;
+        rank_config.num_kv_heads = local.num_kv_heads;
+        rank_config.intermediate_size = local.intermediate_size;
+        Ok(Self {
+            rank,
+            world_size: spec.world_size,
+            rank_config,
+            embed: model.embed.clone(),
+            embed_scale: model.embed_scale,
+            blocks,
+            norm: model.norm.clone(),
+            lm_head,
+            vocab_sharded: spec.vocab_sharded(),
+            dtype: model.dtype,
+        })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// The model's config with this rank's head, KV head and MLP counts.
+    pub fn rank_config(&self) -> &ModelConfig {
+        &self.rank_config
+    }
+
+    /// A KV pool for this rank: its KV heads only.
+    pub fn new_kv_cache(&self, num_blocks: usize, block_size: usize, device: &Device) -> Result<PagedKvCache> {
+        PagedKvCache::new(&self.rank_config, num_blocks, block_size, self.dtype, device)
+    }
+
+    /// Runs this rank's part of one step; every rank of the group must call it with the same
+    /// batch. Returns the full F32 logits `[batch.num_logit_rows, vocab_size]` on every rank.
+    pub fn forward(&self, batch: &ForwardBatch, kv_cache: &PagedKvCache, comm: &dyn Collective) -> Result<Tensor> {
+        if comm.rank() != self.rank || comm.world_size() != self.world_size {
+            return Err(ModelError::TensorParallel(format!(
+                "rank {} of {} was given the collective of rank {} of {}",
+                self.rank,
+                self.world_size,
+                comm.rank(),
+                comm.world_size()
+            )));
+        }
+        if kv_cache.layers.len() != self.blocks.len() {
+            return Err(ModelError::InvalidBatch(format!("KV pool has {} layers, model has {}", kv_cache.layers.len(), self.blocks.len())));
+        }
+        // [num_tokens, hidden], replicated on every rank
+        let mut residual = self.embed.forward(&batch.token_ids, self.dtype)?;
+        if let Some(scale) = self.embed_scale {
+            residual = (residual * scale)?;
+        }
+        for (layer_idx, (block, (k_cache, v_cache))) in self.blocks.iter().zip(&kv_cache.layers).enumerate() {
+            let normed = block.input_norm.forward(&residual)?;
+            // [num_tokens, hidden]: this rank's heads' share of the o-projection
+            let partial = block.attn.forward(&normed, batch, k_cache, v_cache)?;
+            let mut h = comm.all_reduce_sum(&partial, CollectiveTag::AttentionOutput { layer_idx })?;
+            if let Some(norm) = &block.post_attn_norm {
+                h = norm.forward(&h)?;
+            }
+            residual = (h + residual)?;
+            let normed = block.pre_mlp_norm.forward(&residual)?;
+            // [num_tokens, hidden]: this rank's features' share of the down projection
+            let partial = block.mlp.forward(&normed)?;
+            let mut m = comm.all_reduce_sum(&partial, CollectiveTag::MlpOutput { layer_idx })?;
+            if let Some(norm) = &block.post_mlp_norm {
+                m = norm.forward(&m)?;
+            }
+            residual = (m + residual)?;
+        }
+        // [num_logit_rows, hidden]
+        let x = self.norm.forward(&residual.index_select(&batch.logit_rows, 0)?)?;
+        // [num_logit_rows, vocab_rows] -> [num_logit_rows, vocab]
+        let logits = self.lm_head.forward(&x)?;
+        let logits = match self.vocab_sharded {
+            true => comm.all_gather(&logits, 1, CollectiveTag::Logits)?,
+            false => logits,
+        };
+        Ok(logits.to_dtype(DType::F32)?)
+    }
+}
+
+struct Rank {
+    model: ShardedTransformer,
+    kv_cache: PagedKvCache,
+    comm: ThreadCollective,
+}
+
+/// A tensor-parallel group on CPU threads: every rank's model, KV pool and collective handle.
+/// Each step runs one scoped thread per rank over the same batch.
+pub struct ThreadedTensorParallel {
+    ranks: Vec<Rank>,
+}
+
+/// How to size a [`ThreadedTensorParallel`] group.
+#[derive(Debug, Clone, Copy)]
+pub struct ThreadedGroupParams {
+    pub world_size: usize,
+    pub num_blocks: usize,
+    pub block_size: usize,
+    /// How long a rank waits for the others in one collective before the step fails.
+    pub collective_timeout: Duration,
+}
+
+impl ThreadedTensorParallel {
+    /// Splits the loaded `model` (CPU, dense weights) into `params.world_size` ranks.
+    pub fn new(model: &Transformer, params: ThreadedGroupParams) -> Result<Self> {
+        let spec = shard_spec(model, params.world_size)?;
+        let comms = ThreadGroup::connect(params.world_size, params.collective_timeout)?;
+        let ranks = comms
+            .into_iter()
+            .enumerate()
+            .map(|(rank, comm)| {
+                let model = ShardedTransformer::from_full(model, &spec, rank)?;
+                let kv_cache = model.new_kv_cache(params.num_blocks, params.block_size, &Device::Cpu)?;
+                Ok(Rank { model, kv_cache, comm })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { ranks })
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.ranks.len()
+    }
+
+    /// Rank `rank`'s model and KV pool.
+    pub fn rank(&self, rank: usize) -> Option<(&ShardedTransformer, &PagedKvCache)> {
+        self.ranks.get(rank).map(|r| (&r.model, &r.kv_cache))
+    }
+
+    /// Runs one step on every rank; returns rank 0's logits. A rank that fails aborts the group,
+    /// so the others stop waiting; the first rank's own error (not a consequence) is returned. A
+    /// failed group stays failed: later steps error at once (build a new group).
+    pub fn forward(&self, batch: &ForwardBatch) -> Result<Tensor> {
+        let results: Vec<Result<Tensor>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = self
+                .ranks
+                .iter()
+                .map(|rank| {
+                    scope.spawn(move || {
+                        let result = rank.model.forward(batch, &rank.kv_cache, &rank.comm);
+                        if let Err(e) = &result {
+                            rank.comm.abort(&e.to_string());
+                        }
+                        result
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap_or_else(|_| Err(ModelError::Collective("a rank's thread panicked".into()))))
+                .collect()
+        });
+        let mut first_error = None;
+        let mut logits = None;
+        for result in results {
+            match result {
+                Ok(t) => {
+                    logits.get_or_insert(t);
+                }
+                Err(e @ ModelError::Collective(_)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match (first_error, logits) {
+            (Some(e), _) => Err(e),
+            (None, Some(logits)) => Ok(logits),
+            (None, None) => Err(ModelError::TensorParallel("a group with no ranks".into())),
+        }
+    }
+}
