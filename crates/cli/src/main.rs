@@ -35,6 +35,15 @@ enum Command {
     Export(commands::export::ExportArgs),
     /// Write a random-weight GGUF in a real model's shape, for benchmarks (llama.cpp loads it too).
     BenchModel(commands::bench_model::BenchModelArgs),
+    /// Plan where a model runs: one machine or a cluster; predicts tokens/s without loading weights.
+    Plan(commands::plan::PlanArgs),
+    /// Prompt and generation tokens/s, llama-bench style, against the measured bandwidth roofline.
+    Bench(commands::bench::BenchArgs),
+    /// Run a cluster worker node: join the coordinator, heartbeat, answer link probes.
+    Node(commands::node::NodeCommandArgs),
+    /// The cluster: run its coordinator, show its status, explain missing peers.
+    #[command(subcommand)]
+    Cluster(commands::cluster::ClusterCommand),
 }
 
 fn main() {
@@ -52,6 +61,10 @@ fn main() {
         Command::Perplexity(args) => commands::perplexity::run(args),
         Command::Export(args) => commands::export::run(args),
         Command::BenchModel(args) => commands::bench_model::run(args),
+        Command::Plan(args) => commands::plan::run(args),
+        Command::Bench(args) => commands::bench::run(args),
+        Command::Node(args) => commands::node::run(args),
+        Command::Cluster(command) => commands::cluster::run(command),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
