@@ -222,8 +222,8 @@ pub async fn serve_on(
 /// How long connections get to close after their generations were cancelled.
 const CLOSE_AFTER_CANCEL: Duration = Duration::from_secs(2);
 
-/// Resolves on Ctrl-C, or SIGTERM on Unix.
-async fn shutdown_signal() {
+/// Resolves on Ctrl-C, or SIGTERM on Unix (a signal that cannot be watched never fires).
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;

@@ -281,7 +281,7 @@ pub fn run_until_signal(node: Node) -> Result<()> {
     runtime.spawn({
         let stop = Arc::clone(&stop);
         async move {
-            wait_for_signal().await;
+            hearth_server::shutdown_signal().await;
             stop.store(true, Ordering::Relaxed);
         }
     });
@@ -343,27 +343,6 @@ pub fn run_until_signal(node: Node) -> Result<()> {
     println!("shutting down");
     node.shutdown();
     Ok(())
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
 }
 
 #[derive(clap::Args, Debug)]

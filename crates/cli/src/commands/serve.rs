@@ -75,7 +75,11 @@ fn start_engine(args: &ServeArgs) -> Result<EngineHandle> {
     let budget = match (&args.kv_memory, compute.free_memory_bytes()?) {
         (Some(text), _) => parse_bytes(text)?,
         (None, Some(free_gpu)) => free_gpu.saturating_sub((free_gpu / 10).max(1 << 30)),
-        (None, None) => available_memory_bytes()? / 4,
+        (None, None) => {
+            hearth_cluster::available_memory_bytes()
+                .context("could not read MemAvailable from /proc/meminfo (pass --kv-memory instead)")?
+                / 4
+        }
     };
     let pool = KvPoolPlan::for_budget(budget, config.kv_bytes_per_token(kv_dtype.size_in_bytes()) as u64, args.block_size)?;
     let max_model_len = pool.max_request_len(config.context_length);
@@ -151,16 +155,6 @@ fn parse_bytes(text: &str) -> Result<u64> {
     Ok((value * scale) as u64)
 }
 
-/// `MemAvailable` from /proc/meminfo.
-fn available_memory_bytes() -> Result<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo (pass --kv-memory instead)")?;
-    meminfo
-        .lines()
-        .find_map(|line| line.strip_prefix("MemAvailable:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kib| kib * 1024)
-        .context("no MemAvailable in /proc/meminfo (pass --kv-memory instead)")
-}
 
 #[cfg(test)]
 mod tests {

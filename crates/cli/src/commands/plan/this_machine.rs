@@ -1,15 +1,17 @@
 //! "This machine" as a planner node: free memory, measured memory bandwidth, estimated compute.
 //!
-//! Owns: reading `MemAvailable` (Linux `/proc/meminfo`), a short multi-threaded copy to measure
-//! memory bandwidth, and the stated per-core compute estimate. Does not own GPU probing (a
-//! described `--hardware` covers GPUs) or any planning.
+//! Owns: the stated per-core compute estimate and the size and time bounds of the bandwidth
+//! measurement. Free memory (`MemAvailable`) and the multi-threaded copy come from the cluster
+//! crate's `measure`, so `hearth plan` describes this machine as a cluster node advertises it.
+//! Does not own GPU probing (a described `--hardware` covers GPUs) or any planning.
 //!
-//! Invariants: the measurement is bounded: one warm-up copy plus timed copies for at most
-//! [`MEASURE_SECONDS`], of at most [`COPY_BYTES`] (less when memory is short).
+//! Invariants: the measurement is bounded: copy rounds for at most [`MEASURE_SECONDS`] (at least
+//! one), of at most [`COPY_BYTES`] (less when memory is short); the fastest round counts.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use hearth_cluster::{available_memory_bytes, measure_memory_bandwidth, MemoryBandwidthParams};
 use hearth_planner::NodeSpec;
 
 /// Bytes copied per pass (source and destination each).
@@ -28,7 +30,9 @@ pub struct ThisMachine {
 
 /// Memory from `MemAvailable`, bandwidth from a copy, compute from the core count.
 pub fn describe() -> Result<ThisMachine> {
-    let memory_bytes = available_memory_bytes()?;
+    let memory_bytes = available_memory_bytes().context(
+        "this machine's memory is read from Linux's /proc/meminfo (MemAvailable); describe it with --hardware or --nodes",
+    )?;
     let num_cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Leave most of the free memory alone: copy at most an eighth of it (two buffers).
     let copy_bytes = COPY_BYTES.min((memory_bytes / 16) as usize).max(1 << 20);
@@ -36,7 +40,7 @@ pub fn describe() -> Result<ThisMachine> {
         copy_bytes,
         num_cores,
         Duration::from_secs_f64(MEASURE_SECONDS),
-    );
+    )?;
     Ok(ThisMachine {
         node: NodeSpec {
             name: "this-machine".into(),
@@ -50,60 +54,32 @@ pub fn describe() -> Result<ThisMachine> {
     })
 }
 
-/// `MemAvailable` from /proc/meminfo.
-fn available_memory_bytes() -> Result<u64> {
-    let hint = "this machine's memory is read from Linux's /proc/meminfo; describe it with --hardware or --nodes";
-    let meminfo = std::fs::read_to_string("/proc/meminfo")
-        .with_context(|| format!("reading /proc/meminfo ({hint})"))?;
-    meminfo
-        .lines()
-        .find_map(|line| line.strip_prefix("MemAvailable:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map(|kib| kib * 1024)
-        .with_context(|| format!("no MemAvailable in /proc/meminfo ({hint})"))
-}
-
 /// Bytes per second moved by `num_threads` threads copying `num_bytes` (read + write counted,
-/// as STREAM's copy does): one untimed pass faults the pages in, then passes until `budget`.
-pub fn measure_copy_bandwidth(num_bytes: usize, num_threads: usize, budget: Duration) -> f64 {
-    let source = vec![1u8; num_bytes];
-    let mut destination = vec![0u8; num_bytes];
-    let num_threads = num_threads.max(1);
-    let chunk = num_bytes.div_ceil(num_threads).max(1);
-    let copy = |destination: &mut [u8]| {
-        std::thread::scope(|scope| {
-            for (dst, src) in destination.chunks_mut(chunk).zip(source.chunks(chunk)) {
-                scope.spawn(move || dst.copy_from_slice(src));
-            }
-        });
+/// as STREAM's copy does), fastest round within `budget`.
+pub fn measure_copy_bandwidth(
+    num_bytes: usize,
+    num_threads: usize,
+    budget: Duration,
+) -> Result<f64> {
+    let params = MemoryBandwidthParams {
+        buffer_bytes: num_bytes,
+        num_threads: num_threads.max(1),
+        time_limit: budget,
+        max_rounds: 1000,
     };
-    copy(&mut destination);
-    let start = Instant::now();
-    let mut num_passes = 0u32;
-    // Bounded by time and by count.
-    while num_passes < 1000 && (num_passes == 0 || start.elapsed() < budget) {
-        copy(&mut destination);
-        num_passes += 1;
-    }
-    let seconds = start.elapsed().as_secs_f64().max(1e-9);
-    std::hint::black_box(&destination);
-    2.0 * num_bytes as f64 * num_passes as f64 / seconds
+    Ok(measure_memory_bandwidth(&params)?.bytes_per_s)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
 
     #[test]
     fn copy_bandwidth_is_positive_and_bounded_in_time() {
         let start = Instant::now();
-        let bandwidth = measure_copy_bandwidth(4 << 20, 2, Duration::from_millis(50));
+        let bandwidth = measure_copy_bandwidth(4 << 20, 2, Duration::from_millis(50)).unwrap();
         assert!(
             bandwidth > 1e8,
             "{bandwidth} B/s is implausibly slow for a memory copy"
