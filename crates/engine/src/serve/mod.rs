@@ -12,6 +12,7 @@ mod kv_budget;
 mod local_executor;
 mod output;
 mod request;
+mod samplers;
 #[cfg(test)]
 mod tests;
 
@@ -19,7 +20,8 @@ pub use engine_loop::EngineConfig;
 pub use executor::{Executor, SampledOutput, SamplingSetup};
 pub use handle::{DeltaStream, EngineHandle};
 pub use kv_budget::KvPoolPlan;
-pub use local_executor::{token_logprob, KvPoolParams, LocalExecutor, StepLimits};
+pub use local_executor::{KvPoolParams, LocalExecutor, StepLimits};
+pub use samplers::{sequence_inputs, token_logprob, RequestSamplers};
 pub use request::{
     Delta, EngineRequest, EngineStats, Finish, FinishReason, ModelInfo, TokenLogprob, Usage, MAX_TOP_LOGPROBS,
 };
