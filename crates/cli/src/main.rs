@@ -7,6 +7,7 @@ mod commands;
 mod device;
 mod open;
 mod store;
+mod tensor_parallel;
 
 use clap::{Parser, Subcommand};
 

@@ -106,3 +106,23 @@ fn bad_bench_flags_fail_with_a_clear_error() {
         assert!(stderr.contains(expected), "{flags:?}: expected `{expected}` in:\n{stderr}");
     }
 }
+
+/// `--tensor-parallel 2` on the CPU runs the same tests through a two-rank group; the roofline
+/// then counts two ranks' bandwidth; a group that cannot split the model fails with the reason.
+#[test]
+fn bench_with_two_tensor_parallel_ranks_reports_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("bench.json");
+    let model = golden_llama();
+    let args = ["bench", "--model", &model, "-p", "16", "-n", "4", "--reps", "1", "--copy-mib", "16", "--tensor-parallel", "2", "--json"];
+    let (ok, stdout, stderr) = hearth(&[&args[..], &[json_path.to_str().unwrap()]].concat());
+    assert!(ok, "hearth bench --tensor-parallel 2 failed:\n{stderr}");
+    assert!(stdout.contains("| tg4 ") && stdout.contains("× 2 ranks"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(report["settings"]["tensor_parallel"], 2);
+    assert!(report["results"].as_array().unwrap().iter().all(|r| r["tokens_per_second_mean"].as_f64().unwrap() > 0.0), "{report}");
+
+    // The golden llama has 2 KV heads: 4 ranks cannot split them.
+    let (ok, _, stderr) = hearth(&["bench", "--model", &model, "-p", "16", "-n", "none", "--tensor-parallel", "4", "--copy-mib", "16"]);
+    assert!(!ok && stderr.contains("key/value heads are not divisible by 4"), "{stderr}");
+}

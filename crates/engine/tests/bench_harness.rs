@@ -80,7 +80,7 @@ fn chunked_prompt_samples_the_unchunked_token_and_times_each_chunk() {
 fn bytes_per_token_match_a_hand_count_on_the_tied_llama() {
     let tests = [BenchTest::Prompt { num_tokens: 1 }];
     let harness = harness("llama", &tests);
-    let cost = ModelCost::new(harness.model(), DType::F32);
+    let cost = harness.cost().clone();
     // Per layer: q 64×64, k 32×64, v 32×64, o 64×64, gate/up 128×64, down 64×128.
     let matrix_weights_per_layer = 4096 + 2048 + 2048 + 4096 + 3 * 8192;
     assert_eq!(cost.weights.block_matrix_weights, 2 * matrix_weights_per_layer);
@@ -116,7 +116,7 @@ fn bytes_per_token_match_a_hand_count_on_the_tied_llama() {
 fn untied_lm_head_adds_one_embedding_row_per_token() {
     let tests = [BenchTest::Prompt { num_tokens: 1 }];
     let harness = harness("qwen2", &tests);
-    let cost = ModelCost::new(harness.model(), DType::F32);
+    let cost = harness.cost().clone();
     let per_layer = 4 * (4096 + 2048 + 2048 + 4096 + 3 * 8192 + (64 + 32 + 32) + 2 * 64);
     assert_eq!(cost.weights.block_bytes, (2 * per_layer + 4 * 64) as u64);
     assert!(!cost.weights.lm_head_tied);
@@ -134,7 +134,7 @@ fn untied_lm_head_adds_one_embedding_row_per_token() {
 fn sliding_window_layers_read_at_most_their_window() {
     let tests = [BenchTest::Prompt { num_tokens: 1 }];
     let harness = harness("gemma3", &tests);
-    let cost = ModelCost::new(harness.model(), DType::F32);
+    let cost = harness.cost().clone();
     let per_position = cost.kv_bytes_per_token_per_layer;
     assert_eq!(per_position, 2 * 2 * 32 * 4);
     assert_eq!(cost.kv_bytes_read(3), 6 * 3 * per_position);

@@ -15,6 +15,7 @@
 pub mod fused;
 pub mod graph;
 pub mod math;
+pub mod nccl;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
 pub mod paged_attention;

@@ -12,7 +12,7 @@ use hearth_kernels::{kernel_metadata, AttentionLayout, SequenceSpan};
 use crate::{ModelError, Result};
 
 /// One sequence's part of a step, as the scheduler describes it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SequenceInput {
     /// Tokens computed this step (a prompt chunk, or one generated token).
     pub new_token_ids: Vec<u32>,
@@ -37,6 +37,7 @@ pub struct DecodePadding {
 
 /// A prepared step on a device. All index tensors are views of one packed u32 buffer, uploaded
 /// in one copy: `[token_ids | positions | slot_mapping | logit_rows | attention metadata]`.
+#[derive(Clone)]
 pub struct ForwardBatch {
     /// `[num_tokens]` u32
     pub token_ids: Tensor,

@@ -48,7 +48,38 @@ impl LinearWeight {
     }
 }
 
+/// A quantized tensor's raw GGUF blocks: its type, shape and bytes.
+pub struct QuantizedBlocks {
+    pub dtype: GgmlDType,
+    pub dims: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl QuantizedBlocks {
+    pub fn of_qtensor(q: &QTensor) -> Result<Self> {
+        Ok(Self { dtype: q.dtype(), dims: q.shape().dims().to_vec(), bytes: q.data()?.into_owned() })
+    }
+
+    /// The blocks as a `QTensor` on `device`.
+    pub fn to_qtensor(&self, device: &Device) -> Result<QTensor> {
+        Ok(candle_core::quantized::ggml_file::qtensor_from_ggml(self.dtype, &self.bytes, self.dims.clone(), device)?)
+    }
+}
+
 impl LinearWeight {
+    /// The raw blocks of a quantized weight; `None` for a dense one.
+    pub fn quantized_blocks(&self) -> Result<Option<QuantizedBlocks>> {
+        Ok(match self {
+            Self::Candle(QMatMul::QTensor(q)) => Some(QuantizedBlocks::of_qtensor(q)?),
+            Self::Candle(QMatMul::Tensor(_) | QMatMul::TensorF16(_)) => None,
+            Self::Hearth(m) => Some(QuantizedBlocks {
+                dtype: m.dtype(),
+                dims: vec![m.num_rows(), m.num_cols()],
+                bytes: m.bytes()?.into_owned(),
+            }),
+        })
+    }
+
     /// Bytes of the weight as stored for compute (quantized blocks or dense elements): what one
     /// product reads.
     pub fn stored_bytes(&self) -> u64 {
@@ -174,6 +205,15 @@ impl Embedding {
         }
     }
 
+    /// The same table on `device` (a copy unless already there).
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(match self {
+            Self::Quantized(q) if q.device().same_device(device) => Self::Quantized(q.clone()),
+            Self::Quantized(q) => Self::Quantized(Arc::new(QuantizedBlocks::of_qtensor(q)?.to_qtensor(device)?)),
+            Self::Dense(t) => Self::Dense(t.to_device(device)?),
+        })
+    }
+
     /// The same table as an output projection (tied embeddings), sharing its blocks.
     pub fn as_linear(&self) -> Result<Linear> {
         let weight = match self {
@@ -199,6 +239,11 @@ impl RmsNorm {
     /// Bytes of the weight vector.
     pub fn stored_bytes(&self) -> u64 {
         tensor_bytes(&self.weight)
+    }
+
+    /// The same norm on `device`.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self { weight: self.weight.to_device(device)?, eps: self.eps })
     }
 
     /// Normalizes over the last dimension of any-rank input.
@@ -274,6 +319,11 @@ impl Rope {
             cos: Tensor::from_vec(cos, (num_positions, half), device)?,
             sin: Tensor::from_vec(sin, (num_positions, half), device)?,
         })
+    }
+
+    /// The same tables on `device`.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self { cos: self.cos.to_device(device)?, sin: self.sin.to_device(device)? })
     }
 
     /// The F32 `(cos, sin)` tables, `[max_positions, head_dim / 2]`.

@@ -6,12 +6,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use hearth_engine::serve::{EngineConfig, EngineHandle, KvPoolParams, KvPoolPlan, LocalExecutor, ModelInfo, StepLimits};
+use hearth_engine::serve::{
+    EngineConfig, EngineHandle, Executor, KvPoolParams, KvPoolPlan, LocalExecutor, ModelInfo, StepLimits, TensorParallelExecutor,
+};
+use hearth_models::tensor_parallel::{GroupParams, TensorParallelGroup};
 use hearth_models::ModelFormat;
 use hearth_server::ServeOptions;
 
 use crate::open::{open_files, tokenizer_for, ModelArgs};
-use crate::store;
+use crate::{store, tensor_parallel};
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -43,6 +46,10 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     pub max_body_bytes: usize,
+    /// Split the model over N ranks by tensor parallelism: N GPUs from `--device cuda:K`
+    /// (NCCL), or N threads on the CPU. `--kv-memory` is then per rank.
+    #[arg(long, default_value_t = 1)]
+    pub tensor_parallel: usize,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -66,38 +73,51 @@ fn start_engine(args: &ServeArgs) -> Result<EngineHandle> {
     let summary = files.weight_summary()?;
     let config = files.config.clone();
     let files_format = files.format;
-    let (compute, load_options) = args.model.device_and_load_options()?;
-    let loaded = files
-        .load(&load_options)
-        .with_context(|| format!("loading {} on {}", path.display(), args.model.device))?;
-
-    let kv_dtype = compute.kv_dtype;
-    let budget = match (&args.kv_memory, compute.free_memory_bytes()?) {
-        (Some(text), _) => parse_bytes(text)?,
-        (None, Some(free_gpu)) => free_gpu.saturating_sub((free_gpu / 10).max(1 << 30)),
-        (None, None) => {
-            hearth_cluster::available_memory_bytes()
-                .context("could not read MemAvailable from /proc/meminfo (pass --kv-memory instead)")?
-                / 4
-        }
+    let requested_kv = args.kv_memory.as_deref().map(parse_bytes).transpose()?;
+    let limits = |max_model_len| StepLimits { max_num_seqs: args.max_seqs, max_num_batched_tokens: args.max_batched_tokens, max_model_len };
+    let (executor, pool, max_model_len): (Box<dyn Executor>, KvPoolPlan, usize) = if args.tensor_parallel > 1 {
+        let ranks = tensor_parallel::open_devices(args.model.device, args.tensor_parallel)?;
+        let load_options = tensor_parallel::host_load_options(&args.model, &ranks)?;
+        let (budget, per_token) = tensor_parallel::kv_budget_per_rank(&ranks, requested_kv, summary.num_bytes, &config)?;
+        let pool = KvPoolPlan::for_budget(budget, per_token, args.block_size)?;
+        let max_model_len = pool.max_request_len(config.context_length);
+        report_pool(&format!("{} ranks from {}", ranks.len(), args.model.device), ranks[0].kv_dtype, &pool, max_model_len, &config);
+        let loaded = files.load(&load_options).with_context(|| format!("loading {} on the host", path.display()))?;
+        let params = GroupParams {
+            num_blocks: pool.num_blocks,
+            block_size: pool.block_size,
+            kv_dtype: ranks[0].kv_dtype,
+            collective_timeout: Duration::from_secs(60),
+        };
+        let group = TensorParallelGroup::new(&loaded.model, &tensor_parallel::rank_devices(&ranks), params)
+            .with_context(|| format!("splitting {} over {} ranks", path.display(), ranks.len()))?;
+        (Box::new(TensorParallelExecutor::new(group)), pool, max_model_len)
+    } else {
+        let (compute, load_options) = args.model.device_and_load_options()?;
+        let loaded = files
+            .load(&load_options)
+            .with_context(|| format!("loading {} on {}", path.display(), args.model.device))?;
+        let kv_dtype = compute.kv_dtype;
+        let budget = match (requested_kv, compute.free_memory_bytes()?) {
+            (Some(bytes), _) => bytes,
+            (None, Some(free_gpu)) => free_gpu.saturating_sub((free_gpu / 10).max(1 << 30)),
+            (None, None) => {
+                hearth_cluster::available_memory_bytes()
+                    .context("could not read MemAvailable from /proc/meminfo (pass --kv-memory instead)")?
+                    / 4
+            }
+        };
+        let pool = KvPoolPlan::for_budget(budget, config.kv_bytes_per_token(kv_dtype.size_in_bytes()) as u64, args.block_size)?;
+        let max_model_len = pool.max_request_len(config.context_length);
+        report_pool(&args.model.device.to_string(), kv_dtype, &pool, max_model_len, &config);
+        let executor = LocalExecutor::new(
+            loaded.model,
+            KvPoolParams { num_blocks: pool.num_blocks, block_size: pool.block_size, dtype: kv_dtype },
+            limits(max_model_len),
+            &compute.device,
+        )?;
+        (Box::new(executor), pool, max_model_len)
     };
-    let pool = KvPoolPlan::for_budget(budget, config.kv_bytes_per_token(kv_dtype.size_in_bytes()) as u64, args.block_size)?;
-    let max_model_len = pool.max_request_len(config.context_length);
-    eprintln!(
-        "KV cache ({}, {kv_dtype:?}): {} blocks of {} tokens = {} tokens, {:.1} MiB; longest request {max_model_len} tokens (context {})",
-        args.model.device,
-        pool.num_blocks,
-        pool.block_size,
-        pool.num_tokens(),
-        pool.num_bytes() as f64 / (1 << 20) as f64,
-        config.context_length
-    );
-    let executor = LocalExecutor::new(
-        loaded.model,
-        KvPoolParams { num_blocks: pool.num_blocks, block_size: pool.block_size, dtype: kv_dtype },
-        StepLimits { max_num_seqs: args.max_seqs, max_num_batched_tokens: args.max_batched_tokens, max_model_len },
-        &compute.device,
-    )?;
     let info = ModelInfo {
         name: store::served_name(args.model.model.as_deref()),
         architecture: config.arch.name().to_string(),
@@ -117,7 +137,18 @@ fn start_engine(args: &ServeArgs) -> Result<EngineHandle> {
         vocab_size: config.vocab_size,
         cache_salt: salt_for(&path),
     };
-    Ok(EngineHandle::spawn(Box::new(executor), tokenizer, info, engine_config)?)
+    Ok(EngineHandle::spawn(executor, tokenizer, info, engine_config)?)
+}
+
+fn report_pool(place: &str, kv_dtype: candle_core::DType, pool: &KvPoolPlan, max_model_len: usize, config: &hearth_models::ModelConfig) {
+    eprintln!(
+        "KV cache ({place}, {kv_dtype:?}): {} blocks of {} tokens = {} tokens, {:.1} MiB; longest request {max_model_len} tokens (context {})",
+        pool.num_blocks,
+        pool.block_size,
+        pool.num_tokens(),
+        pool.num_bytes() as f64 / (1 << 20) as f64,
+        config.context_length
+    );
 }
 
 /// The storage type holding most parameters, e.g. "Q4_1".

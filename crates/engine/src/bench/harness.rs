@@ -15,9 +15,10 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use hearth_models::Transformer;
+use hearth_models::{ModelConfig, Transformer};
 use hearth_scheduler::{BlockId, RequestId, ScheduledRequest, StepPlan};
 
+use super::roofline::ModelCost;
 use super::{disjoint_block_tables, random_token_ids, BenchTest, EnergyMeter, RunSettings, TestMeasurement};
 use crate::sampling::SamplingParams;
 use crate::serve::{Executor, KvPoolParams, LocalExecutor, SamplingSetup, StepLimits};
@@ -28,9 +29,12 @@ const PROMPT_SEED: u64 = 0x5eed;
 const GENERATION_SEED: u64 = 0x6e6e;
 
 pub struct BenchHarness {
-    executor: LocalExecutor,
+    executor: Box<dyn Executor>,
     pool: KvPoolParams,
     context_length: usize,
+    vocab_size: usize,
+    /// The whole model's bytes and FLOPs per token (all ranks together).
+    cost: ModelCost,
     device: Device,
     next_request_id: u64,
 }
@@ -63,10 +67,34 @@ impl BenchHarness {
         params: HarnessParams,
         device: &Device,
     ) -> Result<Self> {
+        let (pool, limits) = Self::sizes(&model.config, tests, settings, params)?;
+        let cost = ModelCost::new(&model, params.kv_dtype);
+        let config = model.config.clone();
+        let executor = LocalExecutor::new(model, pool, limits, device)?;
+        Ok(Self::with_executor(Box::new(executor), &config, cost, pool, device))
+    }
+
+    /// A harness over another executor (a tensor-parallel group) whose KV pool has `pool`'s
+    /// shape (from [`sizes`](Self::sizes)); `cost` is the whole model's, `device` the one whose
+    /// `synchronize` ends a timed region (the executor must synchronize the others itself).
+    pub fn with_executor(executor: Box<dyn Executor>, config: &ModelConfig, cost: ModelCost, pool: KvPoolParams, device: &Device) -> Self {
+        Self {
+            executor,
+            pool,
+            context_length: config.context_length,
+            vocab_size: config.vocab_size,
+            cost,
+            device: device.clone(),
+            next_request_id: 0,
+        }
+    }
+
+    /// The KV pool and step limits just large enough for every test in `tests` (run one at a
+    /// time) at `settings`, after validating them.
+    pub fn sizes(config: &ModelConfig, tests: &[BenchTest], settings: &RunSettings, params: HarnessParams) -> Result<(KvPoolParams, StepLimits)> {
         settings.validate()?;
-        let context_length = model.config.context_length;
         for test in tests {
-            test.validate(context_length)?;
+            test.validate(config.context_length)?;
         }
         let pool = KvPoolParams {
             num_blocks: Self::kv_blocks_needed(tests, params.block_size),
@@ -88,8 +116,7 @@ impl BenchHarness {
             max_num_batched_tokens: max_prompt_step.max(max_batch),
             max_model_len: tests.iter().map(BenchTest::max_sequence_len).max().unwrap_or(1),
         };
-        let executor = LocalExecutor::new(model, pool, limits, device)?;
-        Ok(Self { executor, pool, context_length, device: device.clone(), next_request_id: 0 })
+        Ok((pool, limits))
     }
 
     /// KV blocks of `block_size` tokens a pool needs to run every test in `tests` (one at a time).
@@ -97,8 +124,9 @@ impl BenchHarness {
         tests.iter().map(|t| t.kv_blocks(block_size)).max().unwrap_or(0).max(1)
     }
 
-    pub fn model(&self) -> &Transformer {
-        self.executor.model()
+    /// The whole model's bytes and FLOPs per token.
+    pub fn cost(&self) -> &ModelCost {
+        &self.cost
     }
 
     pub fn device(&self) -> &Device {
@@ -152,7 +180,7 @@ impl BenchHarness {
     fn run_once(&mut self, test: &BenchTest, settings: &RunSettings) -> Result<f64> {
         match *test {
             BenchTest::Prompt { num_tokens } => {
-                let tokens = random_token_ids(num_tokens, self.model().config.vocab_size, PROMPT_SEED);
+                let tokens = random_token_ids(num_tokens, self.vocab_size, PROMPT_SEED);
                 let table = &disjoint_block_tables(1, num_tokens, self.pool.block_size)[0];
                 Ok(self.compute_prompt(&tokens, table, settings.prompt_chunk)?.seconds)
             }
@@ -217,7 +245,7 @@ impl BenchHarness {
         chunk: usize,
     ) -> Result<f64> {
         let tables = disjoint_block_tables(batch_size, num_context_tokens + num_steps, self.pool.block_size);
-        let vocab_size = self.model().config.vocab_size;
+        let vocab_size = self.vocab_size;
         let prompts: Vec<Vec<u32>> = (0..batch_size)
             .map(|s| random_token_ids(num_context_tokens, vocab_size, GENERATION_SEED + s as u64))
             .collect();

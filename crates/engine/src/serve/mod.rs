@@ -13,6 +13,7 @@ mod local_executor;
 mod output;
 mod request;
 mod samplers;
+mod tensor_parallel_executor;
 #[cfg(test)]
 mod tests;
 
@@ -21,6 +22,7 @@ pub use executor::{Executor, SampledOutput, SamplingSetup};
 pub use handle::{DeltaStream, EngineHandle};
 pub use kv_budget::KvPoolPlan;
 pub use local_executor::{KvPoolParams, LocalExecutor, StepLimits};
+pub use tensor_parallel_executor::TensorParallelExecutor;
 pub use samplers::{sequence_inputs, token_logprob, RequestSamplers};
 pub use request::{
     Delta, EngineRequest, EngineStats, Finish, FinishReason, ModelInfo, TokenLogprob, Usage, MAX_TOP_LOGPROBS,

@@ -130,14 +130,13 @@ impl QuantizedMatrix {
         Ok(Self { dtype, num_rows, num_cols, data: WeightBytes::Owned(data) })
     }
 
-    /// The raw blocks (borrowed in both representations).
-    fn bytes(&self) -> Result<Cow<'_, [u8]>> {
+    /// The raw GGUF blocks, row-major (borrowed in both representations).
+    pub fn bytes(&self) -> Result<Cow<'_, [u8]>> {
         Ok(match &self.data {
             WeightBytes::Owned(data) => Cow::Borrowed(data.as_slice()),
             WeightBytes::Shared(q) => q.data()?,
         })
     }
-
 
     pub fn dtype(&self) -> GgmlDType {
         self.dtype

@@ -23,6 +23,7 @@ use std::ops::Range;
 use candle_core::Tensor;
 
 use crate::config::ModelConfig;
+use crate::layers::QuantizedBlocks;
 use crate::{ModelError, Result};
 
 /// How one weight is divided among the ranks.
@@ -105,6 +106,47 @@ impl WeightShard {
             [one] => one.contiguous()?,
             many => Tensor::cat(many, *axis)?,
         })
+    }
+
+    /// Rank `rank`'s part of a quantized 2-D weight, cut from its raw GGUF blocks: whole rows
+    /// for a row split; for a column split, each row's blocks in the rank's column ranges
+    /// (which must fall on block boundaries). The blocks are copied, never requantized, so a
+    /// rank computes exactly the products the full weight would for its part.
+    pub fn take_blocks(&self, full: &QuantizedBlocks, rank: usize, world_size: usize) -> Result<QuantizedBlocks> {
+        let refuse = |why: String| ModelError::TensorParallel(format!("tensor `{}` ({:?}): {why}", self.name, full.dtype));
+        if full.dims != self.shape {
+            return Err(refuse(format!("has shape {:?}, the shard spec expects {:?}", full.dims, self.shape)));
+        }
+        let Split::Sharded { axis, .. } = &self.split else {
+            return Ok(QuantizedBlocks { dtype: full.dtype, dims: full.dims.clone(), bytes: full.bytes.clone() });
+        };
+        let &[num_rows, num_cols] = full.dims.as_slice() else {
+            return Err(refuse("only 2-D quantized weights can be sliced".into()));
+        };
+        let (block_len, block_bytes) = (full.dtype.block_size(), full.dtype.type_size());
+        let row_bytes = num_cols / block_len * block_bytes;
+        if num_cols % block_len != 0 || full.bytes.len() != num_rows * row_bytes {
+            return Err(refuse(format!("{} bytes do not hold {num_rows} rows of {num_cols} columns", full.bytes.len())));
+        }
+        let ranges = self.rank_ranges(rank, world_size);
+        let mut bytes = Vec::with_capacity(full.bytes.len() / world_size);
+        match axis {
+            0 => ranges.iter().for_each(|r| bytes.extend_from_slice(&full.bytes[r.start * row_bytes..r.end * row_bytes])),
+            _ => {
+                if let Some(r) = ranges.iter().find(|r| r.start % block_len != 0 || r.len() % block_len != 0) {
+                    return Err(refuse(format!(
+                        "rank {rank}'s columns {r:?} do not fall on the {block_len}-column quantization blocks; \
+                         use fewer ranks or a model with a block-aligned size"
+                    )));
+                }
+                for row in full.bytes.chunks_exact(row_bytes) {
+                    for r in &ranges {
+                        bytes.extend_from_slice(&row[r.start / block_len * block_bytes..r.end / block_len * block_bytes]);
+                    }
+                }
+            }
+        }
+        Ok(QuantizedBlocks { dtype: full.dtype, dims: self.rank_shape(rank, world_size), bytes })
     }
 }
 
@@ -369,5 +411,37 @@ mod tests {
         let wrong = Tensor::zeros((3, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
         let message = spec.weight("model.norm.weight").unwrap().take(&wrong, 0, 2).unwrap_err().to_string();
         assert!(message.contains("model.norm.weight") && message.contains("[16]"), "{message}");
+    }
+
+    /// Cutting raw blocks equals cutting the dequantized matrix, for both axes and a fused
+    /// (two-segment) weight; a column cut inside a block is refused.
+    #[test]
+    fn quantized_blocks_slice_like_the_dense_matrix() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        let (rows, cols) = (8, 1024);
+        let values: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let dense = Tensor::from_vec(values, (rows, cols), &Device::Cpu).unwrap();
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+            let q = QTensor::quantize(&dense, dtype).unwrap();
+            let full = QuantizedBlocks::of_qtensor(&q).unwrap();
+            let dequantized = q.dequantize(&Device::Cpu).unwrap();
+            for (axis, segments) in [(0, vec![rows]), (0, vec![rows / 2, rows / 2]), (1, vec![cols]), (1, vec![cols / 2, cols / 2])] {
+                let shard = WeightShard { name: "w".into(), shape: vec![rows, cols], split: Split::Sharded { axis, segments } };
+                for rank in 0..2 {
+                    let part = shard.take_blocks(&full, rank, 2).unwrap().to_qtensor(&Device::Cpu).unwrap();
+                    let got = part.dequantize(&Device::Cpu).unwrap();
+                    let want = shard.take(&dequantized, rank, 2).unwrap();
+                    assert_eq!(got.dims(), want.dims(), "{dtype:?} axis {axis}");
+                    let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                    assert_eq!(diff, 0.0, "{dtype:?} axis {axis} rank {rank}");
+                }
+            }
+            let misaligned = WeightShard { name: "w".into(), shape: vec![rows, cols], split: Split::Sharded { axis: 1, segments: vec![cols] } };
+            // 8 ranks of 128 columns: whole Q8_0 blocks (32), but inside K-quant blocks (256).
+            match misaligned.take_blocks(&full, 0, 8) {
+                Ok(_) => assert_eq!(dtype, GgmlDType::Q8_0),
+                Err(e) => assert!(dtype != GgmlDType::Q8_0 && e.to_string().contains("quantization blocks"), "{e}"),
+            }
+        }
     }
 }

@@ -9,21 +9,19 @@
 //! the vocabulary-sharded logits. The blocks reuse `Attention` and `Mlp` unchanged: with a
 //! rank's head counts and sliced weights they compute the rank's partial sums.
 //!
-//! Owns: slicing (dense weights only: quantized ones are refused with a message naming the
-//! tensor), the rank forward, and [`ThreadedTensorParallel`], which runs a group on CPU threads.
-//! Does not own: the split itself (`shard_spec`) or the transport (`collective`).
+//! Owns: slicing onto the rank's device (dense weights narrowed; quantized weights cut from
+//! their raw blocks, never requantized), the rank forward. Does not own: the split itself
+//! (`shard_spec`), the transport (`collective`, `nccl`), running the ranks (`group`).
 //!
 //! Invariants: every rank runs this same code, so collectives are issued in the same order
 //! (`CollectiveTag`s are checked by the collective); the replicated residual stream is
 //! identical on every rank because every rank receives the same reduced tensor.
 
-use std::time::Duration;
-
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Tensor};
 
-use super::collective::{Collective, CollectiveTag, ThreadCollective, ThreadGroup};
-use super::shard_spec::{ShardSpec, WeightLayout};
+use super::collective::{Collective, CollectiveTag};
+use super::shard_spec::{ShardSpec, WeightLayout, WeightShard};
 use crate::attention::{Attention, QkvProj};
 use crate::config::ModelConfig;
 use crate::forward_batch::ForwardBatch;
@@ -80,41 +78,50 @@ pub struct ShardedTransformer {
     dtype: DType,
 }
 
-/// The dense matrix of a linear layer; quantized storage is refused.
-fn dense_weight(linear: &Linear, name: &str) -> Result<Tensor> {
-    match &linear.weight {
-        LinearWeight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => Ok(t.clone()),
-        LinearWeight::Candle(QMatMul::QTensor(q)) => Err(quantized_refusal(name, &format!("{:?}", q.dtype()))),
-        LinearWeight::Hearth(_) => Err(quantized_refusal(name, "a block-quantized type")),
-    }
-}
-
-fn quantized_refusal(name: &str, type_name: &str) -> ModelError {
-    ModelError::TensorParallel(format!(
-        "tensor `{name}` is stored as {type_name}; tensor parallelism slices dense weights only for now \
-         (use an F32/F16/BF16 model: a Hugging Face directory without --quant, or a float GGUF)"
-    ))
-}
-
-/// Builds a rank's slice of the linear layer `prefix` (`{prefix}.weight`, `{prefix}.bias`).
-fn shard_linear(linear: &Linear, prefix: &str, spec: &ShardSpec, rank: usize) -> Result<Linear> {
-    let name = format!("{prefix}.weight");
-    let weight = spec.weight(&name)?.take(&dense_weight(linear, &name)?, rank, spec.world_size)?;
-    let weight = match &linear.weight {
-        LinearWeight::Candle(QMatMul::TensorF16(_)) => QMatMul::TensorF16(weight),
-        _ => QMatMul::Tensor(weight),
-    };
-    let bias = match &linear.bias {
-        Some(bias) => Some(spec.weight(&format!("{prefix}.bias"))?.take(bias, rank, spec.world_size)?),
+/// Builds a rank's slice of the linear layer `prefix` (`{prefix}.weight`, `{prefix}.bias`) on
+/// `device`: dense weights are narrowed, quantized ones cut from their raw blocks.
+fn shard_linear(linear: &Linear, prefix: &str, spec: &ShardSpec, rank: usize, device: &Device) -> Result<Linear> {
+    let bias_shard = match &linear.bias {
+        Some(_) => Some(spec.weight(&format!("{prefix}.bias"))?),
         None => None,
     };
-    Ok(Linear::new(LinearWeight::Candle(weight), bias))
+    slice_linear(linear, spec.weight(&format!("{prefix}.weight"))?, bias_shard, rank, spec.world_size, device)
+}
+
+/// `linear` cut per `shard` (and its bias per `bias_shard`) for `rank`, on `device`.
+fn slice_linear(
+    linear: &Linear,
+    shard: &WeightShard,
+    bias_shard: Option<&WeightShard>,
+    rank: usize,
+    world_size: usize,
+    device: &Device,
+) -> Result<Linear> {
+    let weight = match (&linear.weight, linear.weight.quantized_blocks()?) {
+        (_, Some(blocks)) => {
+            let part = shard.take_blocks(&blocks, rank, world_size)?.to_qtensor(device)?;
+            LinearWeight::from_arc(std::sync::Arc::new(part))?
+        }
+        (LinearWeight::Candle(QMatMul::TensorF16(t)), None) => {
+            LinearWeight::Candle(QMatMul::TensorF16(shard.take(t, rank, world_size)?.to_device(device)?))
+        }
+        (LinearWeight::Candle(QMatMul::Tensor(t)), None) => {
+            LinearWeight::Candle(QMatMul::Tensor(shard.take(t, rank, world_size)?.to_device(device)?))
+        }
+        _ => return Err(ModelError::TensorParallel(format!("tensor `{}` has an unknown storage", shard.name))),
+    };
+    let bias = match (&linear.bias, bias_shard) {
+        (Some(bias), Some(bias_shard)) => Some(bias_shard.take(bias, rank, world_size)?.to_device(device)?),
+        (Some(_), None) => return Err(ModelError::TensorParallel(format!("`{}` has a bias the shard spec lacks", shard.name))),
+        (None, _) => None,
+    };
+    Ok(Linear::new(weight, bias))
 }
 
 impl ShardedTransformer {
-    /// Rank `rank`'s model: `model`'s weights sliced per `spec` (from [`shard_spec`]). On the
-    /// CPU, row slices share the full model's storage; column slices are copies.
-    pub fn from_full(model: &Transformer, spec: &ShardSpec, rank: usize) -> Result<Self> {
+    /// Rank `rank`'s model on `device`: `model`'s weights (on the CPU, or already on `device`)
+    /// sliced per `spec` (from [`shard_spec`]); replicated weights are copied to `device`.
+    pub fn from_full(model: &Transformer, spec: &ShardSpec, rank: usize, device: &Device) -> Result<Self> {
         if rank >= spec.world_size {
             return Err(ModelError::TensorParallel(format!("rank {rank} of a {}-rank group", spec.world_size)));
         }
@@ -125,45 +132,44 @@ impl ShardedTransformer {
             let attn = &block.attn;
             let qkv = match &attn.qkv {
                 QkvProj::Separate { q, k, v } => QkvProj::Separate {
-                    q: shard_linear(q, &format!("{p}.self_attn.q_proj"), spec, rank)?,
-                    k: shard_linear(k, &format!("{p}.self_attn.k_proj"), spec, rank)?,
-                    v: shard_linear(v, &format!("{p}.self_attn.v_proj"), spec, rank)?,
+                    q: shard_linear(q, &format!("{p}.self_attn.q_proj"), spec, rank, device)?,
+                    k: shard_linear(k, &format!("{p}.self_attn.k_proj"), spec, rank, device)?,
+                    v: shard_linear(v, &format!("{p}.self_attn.v_proj"), spec, rank, device)?,
                 },
-                QkvProj::Fused(qkv) => QkvProj::Fused(shard_linear(qkv, &format!("{p}.self_attn.qkv_proj"), spec, rank)?),
+                QkvProj::Fused(qkv) => QkvProj::Fused(shard_linear(qkv, &format!("{p}.self_attn.qkv_proj"), spec, rank, device)?),
             };
             let gate_up = match &block.mlp.gate_up {
                 GateUp::Separate { gate, up } => GateUp::Separate {
-                    gate: shard_linear(gate, &format!("{p}.mlp.gate_proj"), spec, rank)?,
-                    up: shard_linear(up, &format!("{p}.mlp.up_proj"), spec, rank)?,
+                    gate: shard_linear(gate, &format!("{p}.mlp.gate_proj"), spec, rank, device)?,
+                    up: shard_linear(up, &format!("{p}.mlp.up_proj"), spec, rank, device)?,
                 },
-                GateUp::Fused(gate_up) => GateUp::Fused(shard_linear(gate_up, &format!("{p}.mlp.gate_up_proj"), spec, rank)?),
+                GateUp::Fused(gate_up) => GateUp::Fused(shard_linear(gate_up, &format!("{p}.mlp.gate_up_proj"), spec, rank, device)?),
             };
             blocks.push(ShardedBlock {
-                input_norm: block.input_norm.clone(),
+                input_norm: block.input_norm.to_device(device)?,
                 attn: Attention {
                     qkv,
-                    o: shard_linear(&attn.o, &format!("{p}.self_attn.o_proj"), spec, rank)?,
-                    q_norm: attn.q_norm.clone(),
-                    k_norm: attn.k_norm.clone(),
-                    rope: attn.rope.clone(),
+                    o: shard_linear(&attn.o, &format!("{p}.self_attn.o_proj"), spec, rank, device)?,
+                    q_norm: attn.q_norm.as_ref().map(|n| n.to_device(device)).transpose()?,
+                    k_norm: attn.k_norm.as_ref().map(|n| n.to_device(device)).transpose()?,
+                    rope: attn.rope.to_device(device)?,
                     num_heads: local.num_heads,
                     num_kv_heads: local.num_kv_heads,
                     head_dim: attn.head_dim,
                     scale: attn.scale,
                     sliding_window: attn.sliding_window,
                 },
-                post_attn_norm: block.post_attn_norm.clone(),
-                pre_mlp_norm: block.pre_mlp_norm.clone(),
+                post_attn_norm: block.post_attn_norm.as_ref().map(|n| n.to_device(device)).transpose()?,
+                pre_mlp_norm: block.pre_mlp_norm.to_device(device)?,
                 mlp: Mlp {
                     gate_up,
-                    down: shard_linear(&block.mlp.down, &format!("{p}.mlp.down_proj"), spec, rank)?,
+                    down: shard_linear(&block.mlp.down, &format!("{p}.mlp.down_proj"), spec, rank, device)?,
                     activation: block.mlp.activation,
                 },
-                post_mlp_norm: block.post_mlp_norm.clone(),
+                post_mlp_norm: block.post_mlp_norm.as_ref().map(|n| n.to_device(device)).transpose()?,
             });
         }
-        let lm_head_full = dense_weight(&model.lm_head, &spec.lm_head.name)?;
-        let lm_head = Linear::new(LinearWeight::Candle(QMatMul::Tensor(spec.lm_head.take(&lm_head_full, rank, spec.world_size)?)), None);
+        let lm_head = slice_linear(&model.lm_head, &spec.lm_head, None, rank, spec.world_size, device)?;
         let mut rank_config = model.config.clone();
         rank_config.num_heads = local.num_heads;
         rank_config.num_kv_heads = local.num_kv_heads;
@@ -172,10 +178,10 @@ impl ShardedTransformer {
             rank,
             world_size: spec.world_size,
             rank_config,
-            embed: model.embed.clone(),
+            embed: model.embed.to_device(device)?,
             embed_scale: model.embed_scale,
             blocks,
-            norm: model.norm.clone(),
+            norm: model.norm.to_device(device)?,
             lm_head,
             vocab_sharded: spec.vocab_sharded(),
             dtype: model.dtype,
@@ -192,8 +198,8 @@ impl ShardedTransformer {
     }
 
     /// A KV pool for this rank: its KV heads only.
-    pub fn new_kv_cache(&self, num_blocks: usize, block_size: usize, device: &Device) -> Result<PagedKvCache> {
-        PagedKvCache::new(&self.rank_config, num_blocks, block_size, self.dtype, device)
+    pub fn new_kv_cache(&self, num_blocks: usize, block_size: usize, dtype: DType, device: &Device) -> Result<PagedKvCache> {
+        PagedKvCache::new(&self.rank_config, num_blocks, block_size, dtype, device)
     }
 
     /// Runs this rank's part of one step; every rank of the group must call it with the same
@@ -243,97 +249,5 @@ impl ShardedTransformer {
             false => logits,
         };
         Ok(logits.to_dtype(DType::F32)?)
-    }
-}
-
-struct Rank {
-    model: ShardedTransformer,
-    kv_cache: PagedKvCache,
-    comm: ThreadCollective,
-}
-
-/// A tensor-parallel group on CPU threads: every rank's model, KV pool and collective handle.
-/// Each step runs one scoped thread per rank over the same batch.
-pub struct ThreadedTensorParallel {
-    ranks: Vec<Rank>,
-}
-
-/// How to size a [`ThreadedTensorParallel`] group.
-#[derive(Debug, Clone, Copy)]
-pub struct ThreadedGroupParams {
-    pub world_size: usize,
-    pub num_blocks: usize,
-    pub block_size: usize,
-    /// How long a rank waits for the others in one collective before the step fails.
-    pub collective_timeout: Duration,
-}
-
-impl ThreadedTensorParallel {
-    /// Splits the loaded `model` (CPU, dense weights) into `params.world_size` ranks.
-    pub fn new(model: &Transformer, params: ThreadedGroupParams) -> Result<Self> {
-        let spec = shard_spec(model, params.world_size)?;
-        let comms = ThreadGroup::connect(params.world_size, params.collective_timeout)?;
-        let ranks = comms
-            .into_iter()
-            .enumerate()
-            .map(|(rank, comm)| {
-                let model = ShardedTransformer::from_full(model, &spec, rank)?;
-                let kv_cache = model.new_kv_cache(params.num_blocks, params.block_size, &Device::Cpu)?;
-                Ok(Rank { model, kv_cache, comm })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self { ranks })
-    }
-
-    pub fn world_size(&self) -> usize {
-        self.ranks.len()
-    }
-
-    /// Rank `rank`'s model and KV pool.
-    pub fn rank(&self, rank: usize) -> Option<(&ShardedTransformer, &PagedKvCache)> {
-        self.ranks.get(rank).map(|r| (&r.model, &r.kv_cache))
-    }
-
-    /// Runs one step on every rank; returns rank 0's logits. A rank that fails aborts the group,
-    /// so the others stop waiting; the first rank's own error (not a consequence) is returned. A
-    /// failed group stays failed: later steps error at once (build a new group).
-    pub fn forward(&self, batch: &ForwardBatch) -> Result<Tensor> {
-        let results: Vec<Result<Tensor>> = std::thread::scope(|scope| {
-            let threads: Vec<_> = self
-                .ranks
-                .iter()
-                .map(|rank| {
-                    scope.spawn(move || {
-                        let result = rank.model.forward(batch, &rank.kv_cache, &rank.comm);
-                        if let Err(e) = &result {
-                            rank.comm.abort(&e.to_string());
-                        }
-                        result
-                    })
-                })
-                .collect();
-            threads
-                .into_iter()
-                .map(|t| t.join().unwrap_or_else(|_| Err(ModelError::Collective("a rank's thread panicked".into()))))
-                .collect()
-        });
-        let mut first_error = None;
-        let mut logits = None;
-        for result in results {
-            match result {
-                Ok(t) => {
-                    logits.get_or_insert(t);
-                }
-                Err(e @ ModelError::Collective(_)) => {
-                    first_error.get_or_insert(e);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        match (first_error, logits) {
-            (Some(e), _) => Err(e),
-            (None, Some(logits)) => Ok(logits),
-            (None, None) => Err(ModelError::TensorParallel("a group with no ranks".into())),
-        }
     }
 }

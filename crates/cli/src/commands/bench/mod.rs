@@ -26,7 +26,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::device::{ComputeDevice, DeviceChoice};
 use crate::open::{open_files, ModelArgs};
-use crate::store;
+use crate::{store, tensor_parallel};
+use hearth_engine::serve::TensorParallelExecutor;
+use hearth_models::tensor_parallel::{GroupParams, TensorParallelGroup};
 use report::{BenchReport, EnergyInfo, GpuInfo, ReportInputs};
 
 /// Tokens per KV block, as the serving engine uses.
@@ -50,6 +52,10 @@ pub struct BenchArgs {
     /// Sequences generating together (tgN at batch B), comma-separated; 1 is always included.
     #[arg(long = "batch", default_value = "1")]
     pub batch_sizes: CountList,
+    /// Split the model over N ranks (N GPUs from `--device cuda:K` through NCCL, or N CPU
+    /// threads), as `hearth serve --tensor-parallel N` does.
+    #[arg(long, default_value_t = 1)]
+    pub tensor_parallel: usize,
     /// Timed runs per test (mean ± stddev over them).
     #[arg(short = 'r', long, default_value_t = 3)]
     pub reps: usize,
@@ -151,30 +157,50 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let (mut meter, energy, gpu) = energy_meter(&compute);
 
     let summary = files.weight_summary()?;
-    eprintln!("loading {} on {}", path.display(), args.model.device);
-    let loaded =
-        files.load(&load_options).with_context(|| format!("loading {} on {}", path.display(), args.model.device))?;
-    // The pool tensors hold one scratch block beyond the blocks sequences use.
-    let num_blocks = BenchHarness::kv_blocks_needed(&tests, BLOCK_SIZE);
-    let bytes_per_token = loaded.model.config.kv_bytes_per_token(compute.kv_dtype.size_in_bytes());
-    let pool_bytes = ((num_blocks + 1) * BLOCK_SIZE * bytes_per_token) as u64;
-    if let Some(free) = compute.free_memory_bytes()? {
-        if pool_bytes > free {
-            bail!(
-                "the tests need a KV pool of {:.2} GiB ({num_blocks} blocks of {BLOCK_SIZE} tokens) but the GPU has {:.2} GiB free; use smaller -p/-n/--batch",
-                pool_bytes as f64 / (1u64 << 30) as f64,
-                free as f64 / (1u64 << 30) as f64
-            );
-        }
-    }
     let params = HarnessParams { block_size: BLOCK_SIZE, kv_dtype: compute.kv_dtype };
-    let mut harness = BenchHarness::new(loaded.model, &tests, &settings, params, &compute.device)?;
-    let cost = ModelCost::new(harness.model(), harness.kv_dtype());
+    let (mut harness, files) = if args.tensor_parallel > 1 {
+        let ranks = tensor_parallel::open_devices(args.model.device, args.tensor_parallel)?;
+        eprintln!("loading {} on the host for {} ranks", path.display(), ranks.len());
+        let loaded = files
+            .load(&tensor_parallel::host_load_options(&args.model, &ranks)?)
+            .with_context(|| format!("loading {}", path.display()))?;
+        let (pool, _) = BenchHarness::sizes(&loaded.model.config, &tests, &settings, params)?;
+        let cost = ModelCost::new(&loaded.model, compute.kv_dtype);
+        let group_params = GroupParams {
+            num_blocks: pool.num_blocks,
+            block_size: pool.block_size,
+            kv_dtype: pool.dtype,
+            collective_timeout: std::time::Duration::from_secs(60),
+        };
+        let group = TensorParallelGroup::new(&loaded.model, &tensor_parallel::rank_devices(&ranks), group_params)
+            .with_context(|| format!("splitting {} over {} ranks", path.display(), ranks.len()))?;
+        let executor = Box::new(TensorParallelExecutor::new(group));
+        (BenchHarness::with_executor(executor, &loaded.model.config, cost, pool, &compute.device), loaded.files)
+    } else {
+        eprintln!("loading {} on {}", path.display(), args.model.device);
+        let loaded =
+            files.load(&load_options).with_context(|| format!("loading {} on {}", path.display(), args.model.device))?;
+        // The pool tensors hold one scratch block beyond the blocks sequences use.
+        let num_blocks = BenchHarness::kv_blocks_needed(&tests, BLOCK_SIZE);
+        let bytes_per_token = loaded.model.config.kv_bytes_per_token(compute.kv_dtype.size_in_bytes());
+        let pool_bytes = ((num_blocks + 1) * BLOCK_SIZE * bytes_per_token) as u64;
+        if let Some(free) = compute.free_memory_bytes()? {
+            if pool_bytes > free {
+                bail!(
+                    "the tests need a KV pool of {:.2} GiB ({num_blocks} blocks of {BLOCK_SIZE} tokens) but the GPU has {:.2} GiB free; use smaller -p/-n/--batch",
+                    pool_bytes as f64 / (1u64 << 30) as f64,
+                    free as f64 / (1u64 << 30) as f64
+                );
+            }
+        }
+        (BenchHarness::new(loaded.model, &tests, &settings, params, &compute.device)?, loaded.files)
+    };
+    let cost = harness.cost().clone();
 
     let measurements = run_tests(&mut harness, &tests, &settings, meter.as_mut())?;
     let report = BenchReport::build(ReportInputs {
         model_path: &path,
-        files: &loaded.files,
+        files: &files,
         summary: &summary,
         cost: &cost,
         compute: &compute,
@@ -187,6 +213,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bandwidth: &bandwidth,
         energy,
         measurements: &measurements,
+        tensor_parallel: args.tensor_parallel,
     });
     print!("{}", report.table());
     if let Some(json_path) = &args.json {

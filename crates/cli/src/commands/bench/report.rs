@@ -113,6 +113,9 @@ pub struct Settings {
     /// Tokens each generating sequence holds before its timed steps.
     pub tg_context: usize,
     pub sampling: &'static str,
+    /// Ranks of the tensor-parallel group (1: one device). The roofline then uses this many
+    /// times the measured (one-device) bandwidth: each rank reads its share of the weights.
+    pub tensor_parallel: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -178,13 +181,15 @@ pub struct ReportInputs<'a> {
     pub bandwidth: &'a CopyBandwidth,
     pub energy: EnergyInfo,
     pub measurements: &'a [TestMeasurement],
+    pub tensor_parallel: usize,
 }
 
 impl BenchReport {
     pub fn build(inputs: ReportInputs<'_>) -> Self {
         let c = &inputs.files.config;
         let summary = inputs.summary;
-        let bandwidth_bytes_per_second = inputs.bandwidth.bytes_per_second();
+        // Every rank reads its share of the weights through its own device's bandwidth.
+        let bandwidth_bytes_per_second = inputs.bandwidth.bytes_per_second() * inputs.tensor_parallel.max(1) as f64;
         let results =
             inputs.measurements.iter().map(|m| result_row(m, inputs.cost, bandwidth_bytes_per_second)).collect();
         let w = &inputs.cost.weights;
@@ -249,6 +254,7 @@ impl BenchReport {
                 prompt_chunk_source: inputs.prompt_chunk_source,
                 tg_context: inputs.tg_context,
                 sampling: SAMPLING,
+                tensor_parallel: inputs.tensor_parallel,
             },
             bandwidth: Bandwidth {
                 method: inputs.bandwidth.method.clone(),
@@ -324,8 +330,12 @@ impl BenchReport {
             &mut out,
             "settings",
             format!(
-                "device {}, compute {}, KV {} in blocks of {}; warm-up {}, timed runs {}; prompt chunk {} ({}); tg from {} token(s) of context",
+                "device {}{}, compute {}, KV {} in blocks of {}; warm-up {}, timed runs {}; prompt chunk {} ({}); tg from {} token(s) of context",
                 s.device,
+                match s.tensor_parallel {
+                    0 | 1 => String::new(),
+                    n => format!(" × {n} ranks (tensor parallel; roofline at {n} × the measured bandwidth)"),
+                },
                 s.compute_dtype,
                 s.kv_dtype,
                 s.kv_block_size,
