@@ -273,7 +273,7 @@ impl Collective<'_> {
         let (recv, _recv_guard) = out.device_ptr(&stream);
         let (send, recv) = (send as *const c_void, recv as *mut c_void);
         let raw_stream = stream.cu_stream();
-        stream.context().bind_to_thread()?;
+        stream.context().bind_to_thread().map_err(|e| candle_core::Error::Msg(format!("NCCL: binding the device: {e}")))?;
         // SAFETY: send holds `count` elements, recv `out_count`; both on this communicator's
         // device; the stream is the device's candle stream.
         let code = unsafe {

@@ -18,6 +18,8 @@
 
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(all(test, feature = "cuda"))]
+mod cuda_tests;
 
 use candle_core::{Device, Tensor};
 
