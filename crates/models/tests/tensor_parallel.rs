@@ -275,3 +275,58 @@ fn quantized_models_split_equal_one_process() {
     }
     assert!(num_split >= 3, "only {num_split} golden models have block-aligned shapes");
 }
+
+/// On a GPU: a group whose ranks are CUDA devices runs its collectives through NCCL. With one
+/// GPU the group has one rank (NCCL with a single rank; two ranks cannot share a GPU), which
+/// still runs the sliced model, NCCL's all-reduce and all-gather on the device: its logits
+/// equal the CPU model's (F32 both). With two or more GPUs, two ranks. Skips without a GPU or
+/// NCCL unless `HEARTH_REQUIRE_GPU=1`.
+#[test]
+fn a_group_on_cuda_gpus_through_nccl_equals_the_cpu_model() {
+    let require = std::env::var("HEARTH_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    let mut gpus = Vec::new();
+    while gpus.len() < 2 {
+        match Device::new_cuda(gpus.len()) {
+            Ok(device) => gpus.push(device),
+            Err(_) => break,
+        }
+    }
+    if gpus.is_empty() {
+        assert!(!require, "HEARTH_REQUIRE_GPU=1 but no CUDA device");
+        eprintln!("skipped: no CUDA device");
+        return;
+    }
+    for arch in ARCHS {
+        let model = load(&fixture_dir(arch));
+        let group = match TensorParallelGroup::new(&model, &gpus, group_params(NUM_BLOCKS)) {
+            Ok(group) => group,
+            Err(e) if !require && e.to_string().contains("NCCL") => {
+                eprintln!("skipped: {e}");
+                return;
+            }
+            Err(e) => panic!("{arch}: {e}"),
+        };
+        let cpu_kv = PagedKvCache::new(&model.config, NUM_BLOCKS, BLOCK_SIZE, DType::F32, &Device::Cpu).unwrap();
+        let vocab = model.config.vocab_size as u32;
+        let mut context: Vec<u32> = (0..9).map(|i| (i * 41 + 3) % vocab).collect();
+        let table: Vec<u32> = (0..NUM_BLOCKS as u32).rev().collect();
+        let mut max_diff = 0f32;
+        for step in 0..6 {
+            let new_tokens = if step == 0 { context.clone() } else { context[context.len() - 1..].to_vec() };
+            let input = SequenceInput {
+                new_token_ids: new_tokens.clone(),
+                num_cached_tokens: context.len() - new_tokens.len(),
+                block_table: table.clone(),
+                wants_logits: true,
+            };
+            let want = model.forward(&ForwardBatch::new(&[input.clone()], BLOCK_SIZE, &Device::Cpu).unwrap(), &cpu_kv).unwrap();
+            let got = group.forward(&[input]).unwrap().to_device(&Device::Cpu).unwrap();
+            let diff = max_abs_diff(&got, &want);
+            assert!(diff <= 1e-3, "{arch} step {step}: max abs diff {diff}");
+            assert_eq!(argmax_rows(&got), argmax_rows(&want), "{arch} step {step}");
+            max_diff = max_diff.max(diff);
+            context.push(argmax_rows(&want)[0]);
+        }
+        eprintln!("{arch}: {} rank(s) on CUDA through NCCL vs CPU: max abs diff {max_diff:e}", gpus.len());
+    }
+}
