@@ -14,6 +14,7 @@
 
 pub mod fused;
 pub mod graph;
+pub mod greedy;
 pub mod math;
 pub mod nccl;
 #[cfg(feature = "cuda")]

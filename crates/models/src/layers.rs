@@ -90,6 +90,15 @@ impl LinearWeight {
         }
     }
 
+    /// Rows of the matrix: the layer's output features.
+    pub fn out_features(&self) -> usize {
+        match self {
+            Self::Candle(QMatMul::QTensor(q)) => q.shape().dims().first().copied().unwrap_or(0),
+            Self::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.dims().first().copied().unwrap_or(0),
+            Self::Hearth(m) => m.num_rows(),
+        }
+    }
+
     /// Elements of the matrix (`out_dim × in_dim`).
     pub fn num_weights(&self) -> u64 {
         match self {
@@ -170,6 +179,20 @@ impl Linear {
     /// Elements of the weight matrix.
     pub fn num_weights(&self) -> u64 {
         self.weight.num_weights()
+    }
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.weight.out_features()
+    }
+
+    /// `x`'s rows through the layer, or — with no rows — an empty F32 `[0, out_features]` on
+    /// the host: a GPU cannot allocate an empty buffer, and a step whose sequences are all
+    /// mid-prompt wants no logits.
+    pub fn forward_rows_f32(&self, x: impl FnOnce() -> Result<Tensor>, num_rows: usize) -> Result<Tensor> {
+        if num_rows == 0 {
+            return Ok(Tensor::zeros((0, self.out_features()), DType::F32, &Device::Cpu)?);
+        }
+        Ok(self.forward(&x()?)?.to_dtype(DType::F32)?)
     }
 }
 

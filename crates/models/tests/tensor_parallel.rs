@@ -311,8 +311,17 @@ fn a_group_on_cuda_gpus_through_nccl_equals_the_cpu_model() {
         let mut context: Vec<u32> = (0..9).map(|i| (i * 41 + 3) % vocab).collect();
         let table: Vec<u32> = (0..NUM_BLOCKS as u32).rev().collect();
         let mut max_diff = 0f32;
+        // A mid-prompt chunk wants no logits: an empty [0, vocab] (a GPU cannot allocate an
+        // empty buffer, so nothing may try).
+        let chunk = SequenceInput { new_token_ids: context[..4].to_vec(), num_cached_tokens: 0, block_table: table.clone(), wants_logits: false };
+        let none = group.forward(&[chunk.clone()]).unwrap();
+        assert_eq!(none.dims(), &[0, model.config.vocab_size], "{arch}");
+        model.forward(&ForwardBatch::new(&[chunk], BLOCK_SIZE, &Device::Cpu).unwrap(), &cpu_kv).unwrap();
         for step in 0..6 {
-            let new_tokens = if step == 0 { context.clone() } else { context[context.len() - 1..].to_vec() };
+            let new_tokens = match step {
+                0 => context[4..].to_vec(),
+                _ => context[context.len() - 1..].to_vec(),
+            };
             let input = SequenceInput {
                 new_token_ids: new_tokens.clone(),
                 num_cached_tokens: context.len() - new_tokens.len(),

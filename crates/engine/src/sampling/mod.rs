@@ -79,6 +79,19 @@ impl Sampler {
         &self.params
     }
 
+    /// Whether this request's next token is the plain argmax of the raw logits (temperature 0,
+    /// no penalties), so it may be chosen where the logits are (`hearth_kernels::greedy`).
+    pub fn is_plain_argmax(&self) -> bool {
+        self.params.is_greedy() && !self.params.has_penalties()
+    }
+
+    /// Records a token chosen elsewhere by plain argmax (see [`is_plain_argmax`]
+    /// (Self::is_plain_argmax)): consumes the one draw [`sample`](Self::sample) would, so the
+    /// request's RNG stream is the same either way.
+    pub fn record_argmax_choice(&mut self) {
+        self.rng.next_u32();
+    }
+
     /// Samples one token from `logits` (one row, length = vocabulary) given the request's
     /// history. Always consumes exactly one draw from the RNG.
     pub fn sample(&mut self, logits: &[f32], history: &TokenHistory) -> Result<u32, SamplingError> {

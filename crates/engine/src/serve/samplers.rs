@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Tensor};
+use hearth_kernels::greedy;
 use hearth_models::SequenceInput;
 use hearth_scheduler::{RequestId, StepPlan};
 
@@ -44,6 +45,9 @@ impl RequestSamplers {
     /// Samples one token per plan entry with `samples == true`, in plan order, from `logits`
     /// (`[num_sampling_entries, vocab]`, any float dtype, any device).
     pub fn sample(&mut self, plan: &StepPlan, logits: &Tensor) -> Result<Vec<SampledOutput>> {
+        if let Some(outputs) = self.sample_on_device(plan, logits)? {
+            return Ok(outputs);
+        }
         let logits = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         let sampling_ids: Vec<RequestId> = plan.requests.iter().filter(|s| s.samples).map(|s| s.id).collect();
         if sampling_ids.len() != logits.len() {
@@ -65,6 +69,36 @@ impl RequestSamplers {
             outputs.push(SampledOutput { id, token_id, logprob });
         }
         Ok(outputs)
+    }
+}
+
+impl RequestSamplers {
+    /// On a GPU, when every sampling request wants the plain argmax and no logprobs: the
+    /// tokens chosen on the device (`hearth_kernels::greedy`), so only `[rows]` ids reach the
+    /// host. `None` when this does not apply or a row has non-finite logits (the host path then
+    /// reports the error).
+    fn sample_on_device(&mut self, plan: &StepPlan, logits: &Tensor) -> Result<Option<Vec<SampledOutput>>> {
+        let sampling_ids: Vec<RequestId> = plan.requests.iter().filter(|s| s.samples).map(|s| s.id).collect();
+        let all_plain_argmax = sampling_ids.iter().all(|id| {
+            self.requests.get(id).is_some_and(|r| r.logprobs.is_none() && r.sampler.is_plain_argmax())
+        });
+        if !logits.device().is_cuda() || sampling_ids.is_empty() || !all_plain_argmax || logits.dims() != [sampling_ids.len(), logits.dim(1)?] {
+            return Ok(None);
+        }
+        let token_ids = greedy::greedy_tokens(&logits.to_dtype(DType::F32)?)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?
+            .to_vec1::<u32>()?;
+        if token_ids.contains(&greedy::NO_TOKEN) {
+            return Ok(None);
+        }
+        let mut outputs = Vec::with_capacity(token_ids.len());
+        for (id, token_id) in sampling_ids.into_iter().zip(token_ids) {
+            let request = self.requests.get_mut(&id).ok_or_else(|| EngineError::Invalid(format!("request {} has no sampler", id.0)))?;
+            request.sampler.record_argmax_choice();
+            request.history.push(token_id);
+            outputs.push(SampledOutput { id, token_id, logprob: None });
+        }
+        Ok(Some(outputs))
     }
 }
 

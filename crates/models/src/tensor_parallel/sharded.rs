@@ -240,6 +240,10 @@ impl ShardedTransformer {
             }
             residual = (m + residual)?;
         }
+        if batch.num_logit_rows == 0 {
+            // No collective follows, on any rank: every rank sees the same batch.
+            return Ok(Tensor::zeros((0, self.rank_config.vocab_size), DType::F32, &Device::Cpu)?);
+        }
         // [num_logit_rows, hidden]
         let x = self.norm.forward(&residual.index_select(&batch.logit_rows, 0)?)?;
         // [num_logit_rows, vocab_rows] -> [num_logit_rows, vocab]

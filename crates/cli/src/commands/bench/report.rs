@@ -18,8 +18,8 @@ use crate::device::ComputeDevice;
 /// Written into the report (and its legend) so readers need not guess.
 const BANDWIDTH_CONVENTION: &str = "bandwidth = 2 × bytes copied ÷ best copy time (read + write both counted); \
      the roofline uses this figure as the device's achievable DRAM throughput";
-const SAMPLING: &str = "every row's logits are copied to the host and the token chosen there by greedy argmax, \
-     as the serving engine's LocalExecutor does";
+const SAMPLING: &str = "greedy argmax of every sampling row, through the serving engine's samplers: on a GPU \
+     chosen on the device (hearth_kernels::greedy) and only token ids copied to the host; on the CPU by the host sampler";
 
 #[derive(Debug, Serialize)]
 pub struct BenchReport {

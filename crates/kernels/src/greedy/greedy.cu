@@ -1,0 +1,43 @@
+// Greedy choice per row of F32 logits: argmax, ties to the lowest id; 0xFFFFFFFF when the row
+// holds a NaN or +inf or is all -inf. One block of GREEDY_THREADS threads per row: each thread
+// scans a strided slice, then a shared-memory tree reduction keeps the (value, id) that wins
+// (larger value, or equal value and lower id).
+
+#define GREEDY_THREADS 1024
+#define NO_TOKEN 0xFFFFFFFFu
+
+extern "C" __global__ void greedy_tokens_f32(const float* __restrict__ logits, unsigned int* __restrict__ out,
+                                             unsigned int vocab) {
+    __shared__ float best_value[GREEDY_THREADS];
+    __shared__ unsigned int best_id[GREEDY_THREADS];
+    __shared__ int bad[GREEDY_THREADS];
+    const float* row = logits + (size_t)blockIdx.x * vocab;
+    float value = -INFINITY;
+    unsigned int id = NO_TOKEN;
+    int non_finite = 0;
+    for (unsigned int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        float l = row[i];
+        if (isnan(l) || l == INFINITY) non_finite = 1;
+        // Strided ids rise within a thread, so `>` keeps this thread's lowest id on ties.
+        if (l > value) { value = l; id = i; }
+    }
+    best_value[threadIdx.x] = value;
+    best_id[threadIdx.x] = id;
+    bad[threadIdx.x] = non_finite;
+    __syncthreads();
+    for (unsigned int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+        if (threadIdx.x < stride) {
+            float v = best_value[threadIdx.x + stride];
+            unsigned int j = best_id[threadIdx.x + stride];
+            if (v > best_value[threadIdx.x] || (v == best_value[threadIdx.x] && j < best_id[threadIdx.x])) {
+                best_value[threadIdx.x] = v;
+                best_id[threadIdx.x] = j;
+            }
+            bad[threadIdx.x] |= bad[threadIdx.x + stride];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        out[blockIdx.x] = (bad[0] || best_value[0] == -INFINITY) ? NO_TOKEN : best_id[0];
+    }
+}
