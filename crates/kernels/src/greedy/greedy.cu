@@ -5,6 +5,9 @@
 
 #define GREEDY_THREADS 1024
 #define NO_TOKEN 0xFFFFFFFFu
+// NVRTC has no math.h, so no INFINITY.
+#define POS_INF __int_as_float(0x7f800000)
+#define NEG_INF __int_as_float(0xff800000)
 
 extern "C" __global__ void greedy_tokens_f32(const float* __restrict__ logits, unsigned int* __restrict__ out,
                                              unsigned int vocab) {
@@ -12,12 +15,12 @@ extern "C" __global__ void greedy_tokens_f32(const float* __restrict__ logits, u
     __shared__ unsigned int best_id[GREEDY_THREADS];
     __shared__ int bad[GREEDY_THREADS];
     const float* row = logits + (size_t)blockIdx.x * vocab;
-    float value = -INFINITY;
+    float value = NEG_INF;
     unsigned int id = NO_TOKEN;
     int non_finite = 0;
     for (unsigned int i = threadIdx.x; i < vocab; i += blockDim.x) {
         float l = row[i];
-        if (isnan(l) || l == INFINITY) non_finite = 1;
+        if (isnan(l) || l == POS_INF) non_finite = 1;
         // Strided ids rise within a thread, so `>` keeps this thread's lowest id on ties.
         if (l > value) { value = l; id = i; }
     }
@@ -38,6 +41,6 @@ extern "C" __global__ void greedy_tokens_f32(const float* __restrict__ logits, u
         __syncthreads();
     }
     if (threadIdx.x == 0) {
-        out[blockIdx.x] = (bad[0] || best_value[0] == -INFINITY) ? NO_TOKEN : best_id[0];
+        out[blockIdx.x] = (bad[0] || best_value[0] == NEG_INF) ? NO_TOKEN : best_id[0];
     }
 }
