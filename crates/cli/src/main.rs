@@ -6,6 +6,8 @@
 mod commands;
 mod device;
 mod open;
+mod pipeline;
+mod pipeline_plan;
 mod store;
 mod tensor_parallel;
 
@@ -40,6 +42,8 @@ enum Command {
     Plan(commands::plan::PlanArgs),
     /// Prompt and generation tokens/s, llama-bench style, against the measured bandwidth roofline.
     Bench(commands::bench::BenchArgs),
+    /// Serve a layer range of a model as a pipeline stage for `hearth serve --stages`.
+    Stage(commands::stage::StageArgs),
     /// Run a cluster worker node: join the coordinator, heartbeat, answer link probes.
     Node(commands::node::NodeCommandArgs),
     /// The cluster: run its coordinator, show its status, explain missing peers.
@@ -64,6 +68,7 @@ fn main() {
         Command::BenchModel(args) => commands::bench_model::run(args),
         Command::Plan(args) => commands::plan::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Stage(args) => commands::stage::run(args),
         Command::Node(args) => commands::node::run(args),
         Command::Cluster(command) => commands::cluster::run(command),
     };

@@ -143,3 +143,23 @@ fn bad_plan_arguments_are_clear_errors() {
     );
     assert!(!stderr.contains("panicked"));
 }
+
+#[test]
+fn a_placement_given_with_stages_is_predicted_not_searched_or_refused() {
+    let model = golden_llama();
+    let (ok, stdout, stderr) = hearth(&[
+        "plan", "--model", &model, "--hardware", "h100-sxm,h100-sxm", "--stages", "0..1,1..2", "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let stages = report["plan"]["placement"]["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 2, "{stdout}");
+    assert_eq!(stages[1]["layers"], serde_json::json!({"start": 1, "end": 2}));
+    assert!(report["plan"]["prediction"]["link_seconds_per_token"].as_f64().unwrap() > 0.0);
+    assert!(report["reasons"].to_string().contains("placement given by --stages"), "{stdout}");
+
+    let (ok, _, stderr) = hearth(&["plan", "--model", &model, "--hardware", "h100-sxm", "--stages", "0..1,2..2"]);
+    assert!(!ok && stderr.contains("contiguously"), "{stderr}");
+    let (ok, _, stderr) = hearth(&["plan", "--model", &model, "--hardware", "h100-sxm,l4", "--stages", "0..1,1..1,1..2"]);
+    assert!(!ok && stderr.contains("3 stages for 2 nodes"), "{stderr}");
+}

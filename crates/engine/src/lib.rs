@@ -34,6 +34,10 @@ pub enum EngineError {
     Invalid(String),
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// A step's work outside this process failed (e.g. a pipeline stage died); the message
+    /// names the part at fault.
+    #[error("{0}")]
+    Execution(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

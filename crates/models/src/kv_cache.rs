@@ -19,8 +19,20 @@ pub struct PagedKvCache {
 
 impl PagedKvCache {
     pub fn new(config: &ModelConfig, num_blocks: usize, block_size: usize, dtype: DType, device: &Device) -> Result<Self> {
+        Self::for_layers(config, config.num_layers, num_blocks, block_size, dtype, device)
+    }
+
+    /// A pool for `num_layers` of the model's layers (a pipeline stage holds only its own).
+    pub fn for_layers(
+        config: &ModelConfig,
+        num_layers: usize,
+        num_blocks: usize,
+        block_size: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let shape = (num_blocks + 1, block_size, config.num_kv_heads, config.head_dim);
-        let layers = (0..config.num_layers)
+        let layers = (0..num_layers)
             .map(|_| Ok((Tensor::zeros(shape, dtype, device)?, Tensor::zeros(shape, dtype, device)?)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { layers, num_blocks, block_size })

@@ -113,6 +113,20 @@ fn tensor_bytes(t: &Tensor) -> u64 {
     (t.elem_count() * t.dtype().size_in_bytes()) as u64
 }
 
+/// Experiment (`HEARTH_DEQUANT_GEMM_ROWS=N`): products of at least N activation rows on a GPU
+/// dequantize the weight to F16 and run a tensor-core GEMM instead of candle's MMQ kernels.
+fn dequantized_gemm_min_rows() -> Option<usize> {
+    static ROWS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| std::env::var("HEARTH_DEQUANT_GEMM_ROWS").ok().and_then(|v| v.parse().ok()))
+}
+
+/// `x Wᵀ` with `W` dequantized to F16 for this call (`[n, k]`, a transient buffer) and `x`
+/// converted to F16: one cuBLAS GEMM on tensor cores, the result back in `x`'s dtype.
+fn dequantized_gemm(q: &QTensor, x: &Tensor) -> Result<Tensor> {
+    let w = q.dequantize_f16(x.device())?;
+    Ok(x.to_dtype(DType::F16)?.matmul(&w.t()?)?.to_dtype(x.dtype())?)
+}
+
 /// `x Wᵀ` through candle. Its GPU quantized kernels take F32/BF16/F16 contiguous activations
 /// for the common block types and return the activation dtype; the remaining types (Q8_1,
 /// Q8K) run in F32.
@@ -123,6 +137,11 @@ fn candle_matmul(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
             // Generation-sized products: hearth's kernels read BF16/F16 activations directly.
             if quant_matvec::supported(q, &x) {
                 return Ok(quant_matvec::quant_matvec(q, &x)?);
+            }
+            if let Some(rows) = dequantized_gemm_min_rows() {
+                if x.dim(0)? >= rows && x.dtype() != DType::F32 {
+                    return dequantized_gemm(q, &x);
+                }
             }
             let direct = matches!(
                 q.dtype(),

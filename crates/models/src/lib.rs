@@ -2,9 +2,10 @@
 //!
 //! Owns: model configs (`config`), weight files (GGUF and Hugging Face safetensors, `weights`),
 //! the shared transformer layers (`layers`, `attention`, `transformer`), one file per
-//! architecture (`arch`), the `ForwardBatch` and the paged KV pool (`kv_cache`), and random-weight
-//! benchmark GGUF files in real models' shapes (`bench`), and generation steps replayed as
-//! device graphs (`decode_graph`).
+//! architecture (`arch`), the `ForwardBatch` and the paged KV pool (`kv_cache`), a model
+//! restricted to a layer range for pipeline stages (`pipeline_stage`), random-weight benchmark
+//! GGUF files in real models' shapes (`bench`), and generation steps replayed as device graphs
+//! (`decode_graph`).
 //! Does not own: requests, scheduling, sampling, tokenization, HTTP. A forward pass sees
 //! flattened tokens, positions, slots and block tables — never a request.
 //!
@@ -21,6 +22,7 @@ pub mod forward_batch;
 pub mod kv_cache;
 pub mod layers;
 pub mod loader;
+pub mod pipeline_stage;
 pub mod tensor_parallel;
 pub mod transformer;
 pub mod weights;
@@ -31,4 +33,5 @@ pub use decode_graph::DecodeGraphs;
 pub use forward_batch::{DecodePadding, ForwardBatch, PackedStep, SequenceInput};
 pub use kv_cache::PagedKvCache;
 pub use loader::{load_model, LoadOptions, LoadedModel, ModelFiles, ModelFormat, QuantizeTo, WeightSummary};
+pub use pipeline_stage::{PipelineStage, StageInput, StageOutput};
 pub use transformer::Transformer;

@@ -164,17 +164,24 @@ impl ModelFiles {
 
     /// Reads every weight and builds the model.
     pub fn load(self, options: &LoadOptions) -> Result<LoadedModel> {
-        let quantize = match (self.format, options.quantize) {
-            (ModelFormat::Gguf, Some(_)) => {
-                return Err(ModelError::Unsupported("--quant applies to Hugging Face directories; GGUF files are already quantized".into()))
-            }
-            (_, q) => q.map(QuantizeTo::ggml),
-        };
+        let quantize = self.load_quantization(options)?;
         let model = self.with_source(|source| {
             let weights = Weights::new(source, &options.device, options.dtype, quantize);
             Transformer::load(self.config.clone(), self.spec, weights)
         })?;
         Ok(LoadedModel { model, files: self })
+    }
+}
+
+impl ModelFiles {
+    /// The block type dense weights are quantized to while loading (`--quant`), refused for GGUF.
+    pub(crate) fn load_quantization(&self, options: &LoadOptions) -> Result<Option<GgmlDType>> {
+        match (self.format, options.quantize) {
+            (ModelFormat::Gguf, Some(_)) => {
+                Err(ModelError::Unsupported("--quant applies to Hugging Face directories; GGUF files are already quantized".into()))
+            }
+            (_, q) => Ok(q.map(QuantizeTo::ggml)),
+        }
     }
 }
 

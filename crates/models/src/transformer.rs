@@ -5,6 +5,8 @@
 //! Block, Llama style:  h = x + attn(norm₁(x));            y = h + mlp(norm₂(h))
 //! Block, Gemma style:  h = x + norm₂(attn(norm₁(x)));     y = h + norm₄(mlp(norm₃(h)))
 
+use std::ops::Range;
+
 use candle_core::{DType, Tensor};
 
 use crate::attention::{Attention, QkvProj};
@@ -55,7 +57,7 @@ impl Block {
     /// One block on the residual stream. The stream arrives as `residual` plus the previous
     /// block's un-added output `delta` (None before the first block), so the add fuses into this
     /// block's first norm; returns the new `(delta, residual)` the same way.
-    fn forward(
+    pub(crate) fn forward(
         &self,
         residual: &Tensor,
         delta: Option<&Tensor>,
@@ -113,99 +115,21 @@ pub struct WeightFootprint {
 impl Transformer {
     /// Builds the model from `weights`; every missing or misshapen tensor is reported together.
     pub fn load(config: ModelConfig, spec: ArchSpec, weights: Weights) -> Result<Self> {
-        config.validate()?;
-        let c = &config;
-        let device = weights.device().clone();
-        let norm = |name: &str, dim: usize| -> Result<RmsNorm> {
-            let w = weights.tensor(name, &[dim]);
-            let w = if spec.norm_weight_offset != 0.0 { (w + spec.norm_weight_offset)? } else { w };
-            Ok(RmsNorm::new(w, c.rms_norm_eps))
-        };
-        let freq_factors = weights.optional_tensor("rope_freqs.weight", &[c.head_dim / 2]);
-        let global_rope = Rope::new(c, c.rope_theta, c.rope_scaling.as_ref(), freq_factors.as_ref(), &device)?;
-        let local_rope = match c.rope_local_theta {
-            Some(theta) => Rope::new(c, theta, None, None, &device)?,
-            None => global_rope.clone(),
-        };
-        let embed = weights.embedding("model.embed_tokens.weight", c.vocab_size, c.hidden_size);
-        let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-        let mut blocks = Vec::with_capacity(c.num_layers);
-        for (layer_idx, kind) in c.layer_kinds.iter().enumerate() {
-            let p = format!("model.layers.{layer_idx}");
-            let qkv = if spec.fused_qkv {
-                QkvProj::Fused(weights.linear(&format!("{p}.self_attn.qkv_proj"), q_dim + 2 * kv_dim, c.hidden_size, spec.qkv_bias))
-            } else {
-                QkvProj::Separate {
-                    q: weights.linear(&format!("{p}.self_attn.q_proj"), q_dim, c.hidden_size, spec.qkv_bias),
-                    k: weights.linear(&format!("{p}.self_attn.k_proj"), kv_dim, c.hidden_size, spec.qkv_bias),
-                    v: weights.linear(&format!("{p}.self_attn.v_proj"), kv_dim, c.hidden_size, spec.qkv_bias),
-                }
-            };
-            let (rope, sliding_window) = match kind {
-                LayerKind::Global => (global_rope.clone(), None),
-                LayerKind::Sliding => (local_rope.clone(), c.sliding_window),
-            };
-            let attn = Attention {
-                qkv,
-                o: weights.linear(&format!("{p}.self_attn.o_proj"), c.hidden_size, q_dim, Bias::None),
-                q_norm: spec.qk_norm.then(|| norm(&format!("{p}.self_attn.q_norm.weight"), c.head_dim)).transpose()?,
-                k_norm: spec.qk_norm.then(|| norm(&format!("{p}.self_attn.k_norm.weight"), c.head_dim)).transpose()?,
-                rope,
-                num_heads: c.num_heads,
-                num_kv_heads: c.num_kv_heads,
-                head_dim: c.head_dim,
-                scale: c.attention_scale as f32,
-                sliding_window,
-            };
-            let gate_up = if spec.fused_gate_up {
-                GateUp::Fused(weights.linear(&format!("{p}.mlp.gate_up_proj"), 2 * c.intermediate_size, c.hidden_size, Bias::None))
-            } else {
-                GateUp::Separate {
-                    gate: weights.linear(&format!("{p}.mlp.gate_proj"), c.intermediate_size, c.hidden_size, Bias::None),
-                    up: weights.linear(&format!("{p}.mlp.up_proj"), c.intermediate_size, c.hidden_size, Bias::None),
-                }
-            };
-            let mlp = Mlp {
-                gate_up,
-                down: weights.linear(&format!("{p}.mlp.down_proj"), c.hidden_size, c.intermediate_size, Bias::None),
-                activation: c.activation,
-            };
-            let (post_attn_norm, pre_mlp_norm, post_mlp_norm) = if spec.sandwich_norms {
-                (
-                    Some(norm(&format!("{p}.post_attention_layernorm.weight"), c.hidden_size)?),
-                    norm(&format!("{p}.pre_feedforward_layernorm.weight"), c.hidden_size)?,
-                    Some(norm(&format!("{p}.post_feedforward_layernorm.weight"), c.hidden_size)?),
-                )
-            } else {
-                (None, norm(&format!("{p}.post_attention_layernorm.weight"), c.hidden_size)?, None)
-            };
-            blocks.push(Block {
-                input_norm: norm(&format!("{p}.input_layernorm.weight"), c.hidden_size)?,
-                attn,
-                post_attn_norm,
-                pre_mlp_norm,
-                mlp,
-                post_mlp_norm,
-            });
-        }
-        let final_norm = norm("model.norm.weight", c.hidden_size)?;
-        let lm_head_tied = c.tie_word_embeddings || !weights.contains("lm_head.weight");
-        let lm_head = if lm_head_tied {
-            embed.as_linear()?
-        } else {
-            weights.linear("lm_head", c.vocab_size, c.hidden_size, Bias::None)
-        };
-        let dtype = weights.dtype();
+        let whole = ModelPart { layers: 0..config.num_layers, embedding: true, head: true };
+        let parts = load_parts(&config, spec, &weights, &whole)?;
         weights.finish()?;
+        let (Some(embed), Some(head)) = (parts.embed, parts.head) else {
+            return Err(ModelError::Unsupported("a whole model needs its embedding and head".into()));
+        };
         Ok(Self {
-            embed_scale: spec.scale_embeddings.then(|| (config.hidden_size as f64).sqrt()),
+            embed_scale: parts.embed_scale,
             config,
             embed,
-            blocks,
-            norm: final_norm,
-            lm_head,
-            lm_head_tied,
-            dtype,
+            blocks: parts.blocks,
+            norm: head.norm,
+            lm_head: head.lm_head,
+            lm_head_tied: head.tied,
+            dtype: parts.dtype,
         })
     }
 
@@ -245,30 +169,202 @@ impl Transformer {
 
     /// Runs one step. Returns F32 logits `[batch.num_logit_rows, vocab_size]`.
     pub fn forward(&self, batch: &ForwardBatch, kv_cache: &PagedKvCache) -> Result<Tensor> {
-        if kv_cache.layers.len() != self.blocks.len() {
-            return Err(ModelError::InvalidBatch(format!(
-                "KV pool has {} layers, model has {}",
-                kv_cache.layers.len(),
-                self.blocks.len()
-            )));
-        }
-        // [num_tokens, hidden]
-        let mut residual = self.embed.forward(&batch.token_ids, self.dtype)?;
-        if let Some(scale) = self.embed_scale {
-            residual = (residual * scale)?;
-        }
-        let mut delta = None;
-        for (block, kv) in self.blocks.iter().zip(&kv_cache.layers) {
+        check_kv_layers(kv_cache, self.blocks.len())?;
+        let embedded = embed_tokens(&self.embed, self.embed_scale, batch, self.dtype)?;
+        let stream = ResidualStream::start(embedded).through_blocks(&self.blocks, batch, &kv_cache.layers)?;
+        stream.logits(&self.norm, &self.lm_head, batch)
+    }
+}
+
+/// Which part of a model to build: a contiguous layer range, and whether the token embedding
+/// (first stage) and the final norm + output projection (last stage) come with it.
+pub(crate) struct ModelPart {
+    pub(crate) layers: Range<usize>,
+    pub(crate) embedding: bool,
+    pub(crate) head: bool,
+}
+
+/// The final norm and the vocabulary projection.
+pub(crate) struct Head {
+    pub(crate) norm: RmsNorm,
+    pub(crate) lm_head: Linear,
+    /// The lm_head is the embedding table (tied), not a matrix of its own.
+    pub(crate) tied: bool,
+}
+
+/// The weights of a [`ModelPart`], built; the caller decides how to `finish` the weights.
+pub(crate) struct LoadedParts {
+    pub(crate) embed: Option<Embedding>,
+    pub(crate) embed_scale: Option<f64>,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) head: Option<Head>,
+    pub(crate) dtype: DType,
+}
+
+/// Builds `part` of the model from `weights`, reading only the tensors that part needs (a
+/// tied head reads the embedding table even when the part has no embedding).
+pub(crate) fn load_parts(config: &ModelConfig, spec: ArchSpec, weights: &Weights, part: &ModelPart) -> Result<LoadedParts> {
+    config.validate()?;
+    if part.layers.start > part.layers.end || part.layers.end > config.num_layers {
+        return Err(ModelError::Unsupported(format!(
+            "layer range {}..{} is not within the model's {} layers",
+            part.layers.start, part.layers.end, config.num_layers
+        )));
+    }
+    let c = config;
+    let device = weights.device().clone();
+    let norm = |name: &str, dim: usize| -> Result<RmsNorm> {
+        let w = weights.tensor(name, &[dim]);
+        let w = if spec.norm_weight_offset != 0.0 { (w + spec.norm_weight_offset)? } else { w };
+        Ok(RmsNorm::new(w, c.rms_norm_eps))
+    };
+    let freq_factors = weights.optional_tensor("rope_freqs.weight", &[c.head_dim / 2]);
+    let global_rope = Rope::new(c, c.rope_theta, c.rope_scaling.as_ref(), freq_factors.as_ref(), &device)?;
+    let local_rope = match c.rope_local_theta {
+        Some(theta) => Rope::new(c, theta, None, None, &device)?,
+        None => global_rope.clone(),
+    };
+    let lm_head_tied = c.tie_word_embeddings || !weights.contains("lm_head.weight");
+    let needs_table = part.embedding || (part.head && lm_head_tied);
+    let table = needs_table.then(|| weights.embedding("model.embed_tokens.weight", c.vocab_size, c.hidden_size));
+    let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+    let mut blocks = Vec::with_capacity(part.layers.len());
+    for layer_idx in part.layers.clone() {
+        let kind = c.layer_kinds.get(layer_idx).copied().unwrap_or(LayerKind::Global);
+        let p = format!("model.layers.{layer_idx}");
+        let qkv = if spec.fused_qkv {
+            QkvProj::Fused(weights.linear(&format!("{p}.self_attn.qkv_proj"), q_dim + 2 * kv_dim, c.hidden_size, spec.qkv_bias))
+        } else {
+            QkvProj::Separate {
+                q: weights.linear(&format!("{p}.self_attn.q_proj"), q_dim, c.hidden_size, spec.qkv_bias),
+                k: weights.linear(&format!("{p}.self_attn.k_proj"), kv_dim, c.hidden_size, spec.qkv_bias),
+                v: weights.linear(&format!("{p}.self_attn.v_proj"), kv_dim, c.hidden_size, spec.qkv_bias),
+            }
+        };
+        let (rope, sliding_window) = match kind {
+            LayerKind::Global => (global_rope.clone(), None),
+            LayerKind::Sliding => (local_rope.clone(), c.sliding_window),
+        };
+        let attn = Attention {
+            qkv,
+            o: weights.linear(&format!("{p}.self_attn.o_proj"), c.hidden_size, q_dim, Bias::None),
+            q_norm: spec.qk_norm.then(|| norm(&format!("{p}.self_attn.q_norm.weight"), c.head_dim)).transpose()?,
+            k_norm: spec.qk_norm.then(|| norm(&format!("{p}.self_attn.k_norm.weight"), c.head_dim)).transpose()?,
+            rope,
+            num_heads: c.num_heads,
+            num_kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            scale: c.attention_scale as f32,
+            sliding_window,
+        };
+        let gate_up = if spec.fused_gate_up {
+            GateUp::Fused(weights.linear(&format!("{p}.mlp.gate_up_proj"), 2 * c.intermediate_size, c.hidden_size, Bias::None))
+        } else {
+            GateUp::Separate {
+                gate: weights.linear(&format!("{p}.mlp.gate_proj"), c.intermediate_size, c.hidden_size, Bias::None),
+                up: weights.linear(&format!("{p}.mlp.up_proj"), c.intermediate_size, c.hidden_size, Bias::None),
+            }
+        };
+        let mlp = Mlp {
+            gate_up,
+            down: weights.linear(&format!("{p}.mlp.down_proj"), c.hidden_size, c.intermediate_size, Bias::None),
+            activation: c.activation,
+        };
+        let (post_attn_norm, pre_mlp_norm, post_mlp_norm) = if spec.sandwich_norms {
+            (
+                Some(norm(&format!("{p}.post_attention_layernorm.weight"), c.hidden_size)?),
+                norm(&format!("{p}.pre_feedforward_layernorm.weight"), c.hidden_size)?,
+                Some(norm(&format!("{p}.post_feedforward_layernorm.weight"), c.hidden_size)?),
+            )
+        } else {
+            (None, norm(&format!("{p}.post_attention_layernorm.weight"), c.hidden_size)?, None)
+        };
+        blocks.push(Block {
+            input_norm: norm(&format!("{p}.input_layernorm.weight"), c.hidden_size)?,
+            attn,
+            post_attn_norm,
+            pre_mlp_norm,
+            mlp,
+            post_mlp_norm,
+        });
+    }
+    let head = if part.head {
+        let lm_head = match (&table, lm_head_tied) {
+            (Some(table), true) => table.as_linear()?,
+            _ => weights.linear("lm_head", c.vocab_size, c.hidden_size, Bias::None),
+        };
+        Some(Head { norm: norm("model.norm.weight", c.hidden_size)?, lm_head, tied: lm_head_tied })
+    } else {
+        None
+    };
+    Ok(LoadedParts {
+        embed: if part.embedding { table } else { None },
+        embed_scale: spec.scale_embeddings.then(|| (c.hidden_size as f64).sqrt()),
+        blocks,
+        head,
+        dtype: weights.dtype(),
+    })
+}
+
+/// Fails unless the KV pool holds exactly one layer per block about to run.
+pub(crate) fn check_kv_layers(kv_cache: &PagedKvCache, num_blocks: usize) -> Result<()> {
+    if kv_cache.layers.len() != num_blocks {
+        return Err(ModelError::InvalidBatch(format!("KV pool has {} layers, model has {num_blocks}", kv_cache.layers.len())));
+    }
+    Ok(())
+}
+
+/// The batch's token ids embedded (and scaled, Gemma). `[num_tokens, hidden]`
+pub(crate) fn embed_tokens(embed: &Embedding, scale: Option<f64>, batch: &ForwardBatch, dtype: DType) -> Result<Tensor> {
+    let embedded = embed.forward(&batch.token_ids, dtype)?;
+    Ok(match scale {
+        Some(scale) => (embedded * scale)?,
+        None => embedded,
+    })
+}
+
+/// The residual stream between blocks: `residual` plus the last block's un-added output
+/// `delta` (None before the first block, or after [`ResidualStream::materialize`]).
+pub(crate) struct ResidualStream {
+    /// `[num_tokens, hidden]`
+    residual: Tensor,
+    delta: Option<Tensor>,
+}
+
+impl ResidualStream {
+    /// A stream that starts from a whole hidden state (embeddings, or a previous stage's output).
+    pub(crate) fn start(hidden: Tensor) -> Self {
+        Self { residual: hidden, delta: None }
+    }
+
+    /// Runs `blocks` in order, block `i` on `kv_layers[i]`.
+    pub(crate) fn through_blocks(self, blocks: &[Block], batch: &ForwardBatch, kv_layers: &[(Tensor, Tensor)]) -> Result<Self> {
+        let Self { mut residual, mut delta } = self;
+        for (block, kv) in blocks.iter().zip(kv_layers) {
             let (d, r) = block.forward(&residual, delta.as_ref(), batch, kv)?;
             (delta, residual) = (Some(d), r);
         }
-        // Only rows that need logits go through the final norm and the vocabulary projection.
+        Ok(Self { residual, delta })
+    }
+
+    /// The hidden state with the pending delta added — the same sum the next block's first
+    /// norm would form, so a stage boundary here changes no value. `[num_tokens, hidden]`
+    pub(crate) fn materialize(self) -> Result<Tensor> {
+        Ok(match &self.delta {
+            Some(delta) => (delta + &self.residual)?,
+            None => self.residual,
+        })
+    }
+
+    /// Only rows that need logits go through the final norm and the vocabulary projection.
+    /// F32 `[num_logit_rows, vocab]`
+    pub(crate) fn logits(self, norm: &RmsNorm, lm_head: &Linear, batch: &ForwardBatch) -> Result<Tensor> {
         // [num_logit_rows, hidden]
         let rows = |t: &Tensor| t.index_select(&batch.logit_rows, 0);
-        let x = match &delta {
-            Some(delta) => self.norm.forward_residual(&rows(delta)?, &rows(&residual)?)?.0,
-            None => self.norm.forward(&rows(&residual)?)?,
+        let normed = || match &self.delta {
+            Some(delta) => Ok(norm.forward_residual(&rows(delta)?, &rows(&self.residual)?)?.0),
+            None => norm.forward(&rows(&self.residual)?),
         };
-        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+        lm_head.forward_rows_f32(normed, batch.num_logit_rows)
     }
 }

@@ -23,6 +23,10 @@ pub enum PlanError {
     #[error("plan options: {0}")]
     InvalidOptions(String),
 
+    /// A placement given by hand that is not one (gaps, overlaps, unknown nodes).
+    #[error("invalid placement {0}")]
+    InvalidPlacement(String),
+
     #[error("no nodes to plan on")]
     NoNodes,
 

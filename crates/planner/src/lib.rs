@@ -38,7 +38,7 @@ pub use cluster::{Cluster, Link, NodeId, NodeSpec, PairLink};
 pub use cost::{PlanOptions, DEFAULT_MEMORY_HEADROOM};
 pub use error::{PlanError, Result};
 pub use model::{ModelShape, ShapeDims, TensorCost, TensorRole, WeightBlock};
-pub use plan::{plan, Placement, Plan, PlanNote, Prediction, SingleNodeOption, Stage};
+pub use plan::{evaluate_placement, plan, Placement, Plan, PlanNote, Prediction, SingleNodeOption, Stage};
 pub use prefill_split::{best_prefill_split, decide_prefill_split, PrefillSplit, SplitOutcome};
 pub use quant::{choose_among, choose_quantization, Quant, QuantChoice, QuantOption};
 pub use search::EXACT_ORDERS_MAX_NODES;

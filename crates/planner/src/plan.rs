@@ -284,6 +284,60 @@ pub fn plan(model: &ModelShape, cluster: &Cluster, options: &PlanOptions) -> Res
     Ok(build_plan(&cost, &chosen, notes))
 }
 
+/// The prediction for a placement chosen by hand (`hearth serve --stages`, `hearth bench
+/// --stages`): the same formulas and report as [`plan`], without the search and without
+/// refusing a placement slower than one node. Fails when the stages do not tile the model's
+/// layers in order or name a node the cluster lacks; memory is not checked (the stages exist).
+pub fn evaluate_placement(
+    model: &ModelShape,
+    cluster: &Cluster,
+    options: &PlanOptions,
+    stages: &[(NodeId, Range<usize>)],
+) -> Result<Plan> {
+    let cost = CostModel::new(model, cluster, options)?;
+    let describe = || {
+        stages
+            .iter()
+            .map(|(node, layers)| format!("node {} {}..{}", node.0, layers.start, layers.end))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut next_layer = 0;
+    for (node, layers) in stages {
+        if node.0 >= cluster.nodes.len() {
+            return Err(PlanError::InvalidPlacement(format!(
+                "[{}]: node {} does not exist ({} nodes)",
+                describe(),
+                node.0,
+                cluster.nodes.len()
+            )));
+        }
+        if layers.start != next_layer || layers.end < layers.start {
+            return Err(PlanError::InvalidPlacement(format!(
+                "[{}]: stages must cover layers 0..{} contiguously, in order",
+                describe(),
+                model.num_layers()
+            )));
+        }
+        next_layer = layers.end;
+    }
+    if stages.is_empty() || next_layer != model.num_layers() {
+        return Err(PlanError::InvalidPlacement(format!(
+            "[{}]: stages must cover layers 0..{} contiguously, in order",
+            describe(),
+            model.num_layers()
+        )));
+    }
+    let chosen = rescore(
+        &cost,
+        Candidate {
+            seconds_per_token: 0.0,
+            stages: stages.to_vec(),
+        },
+    );
+    Ok(build_plan(&cost, &chosen, Vec::new()))
+}
+
 /// Recomputes a candidate's cost with the same formula for every candidate, so single nodes
 /// and pipelines are compared on equal terms.
 fn rescore(cost: &CostModel, candidate: Candidate) -> Candidate {

@@ -5,7 +5,7 @@ use crate::cluster::{Cluster, Link, NodeId, PairLink};
 use crate::cost::{CostModel, PlanOptions};
 use crate::hardware::{lookup, parse_hardware_list};
 use crate::model::{ModelShape, WeightBlock};
-use crate::plan::{plan, Placement, PlanNote};
+use crate::plan::{evaluate_placement, plan, Placement, PlanNote};
 use crate::prefill_split::{best_prefill_split, decide_prefill_split, SplitOutcome};
 use crate::quant::{choose_quantization, Quant};
 use crate::{NodeSpec, PlanError};
@@ -472,4 +472,22 @@ fn bad_inputs_are_errors_not_panics() {
         .to_string()
         .contains("KV bytes"));
     assert!(lookup("h100-sxm").is_some());
+}
+
+#[test]
+fn a_placement_given_by_hand_is_predicted_with_the_planners_formulas_even_when_slower() {
+    let model = llama("llama3-8b", &LLAMA3_8B, 16.0);
+    let cluster = hardware("h100-sxm,h100-sxm");
+    let options = PlanOptions::default();
+    let chosen = plan(&model, &cluster, &options).unwrap();
+    let single = evaluate_placement(&model, &cluster, &options, &[(NodeId(0), 0..32)]).unwrap();
+    assert!((single.prediction.tokens_per_second - chosen.prediction.tokens_per_second).abs() < 1e-9 * chosen.prediction.tokens_per_second);
+    let split = evaluate_placement(&model, &cluster, &options, &[(NodeId(0), 0..16), (NodeId(1), 16..32)]).unwrap();
+    assert_eq!(split.placement.stages().len(), 2);
+    assert!(split.prediction.link_seconds_per_token > 0.0);
+    assert!(split.prediction.tokens_per_second < single.prediction.tokens_per_second, "the hops cost time");
+    let gap = evaluate_placement(&model, &cluster, &options, &[(NodeId(0), 0..10), (NodeId(1), 12..32)]).unwrap_err();
+    assert!(gap.to_string().contains("contiguously"), "{gap}");
+    let unknown = evaluate_placement(&model, &cluster, &options, &[(NodeId(2), 0..32)]).unwrap_err();
+    assert!(unknown.to_string().contains("node 2 does not exist"), "{unknown}");
 }

@@ -12,3 +12,4 @@ pub mod plan;
 pub mod pull;
 pub mod run;
 pub mod serve;
+pub mod stage;

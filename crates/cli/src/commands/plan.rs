@@ -7,13 +7,13 @@
 //! `plan/this_machine.rs`), building the model's shape (`plan/shape.rs`) and printing. Does not
 //! own any planning rule or formula: those are `hearth-planner`'s.
 
-mod shape;
-mod this_machine;
+pub(crate) mod shape;
+pub(crate) mod this_machine;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use hearth_planner::hardware::{parse_hardware_list, HARDWARE};
 use hearth_planner::units::{
     format_bandwidth, format_bytes, format_seconds, parse_link, parse_node_specs,
@@ -77,6 +77,11 @@ pub struct PlanArgs {
     /// (default: 10 GbE, 0.2 ms one way and 9.4 Gbit/s of TCP goodput).
     #[arg(long)]
     pub link: Option<String>,
+    /// Predict this placement instead of searching for one: layer ranges in order, e.g.
+    /// `0..12,12..24`. Stage i runs on node i; with one node every stage runs on it (several
+    /// processes on one machine, e.g. on loopback described by --link). Not refused when slower.
+    #[arg(long, value_delimiter = ',')]
+    pub stages: Vec<String>,
     /// Print one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -167,10 +172,14 @@ pub fn run(args: PlanArgs) -> Result<()> {
     let cluster = Cluster::new(nodes, link);
     let quantization = choose_among(&source.what_ifs, &cluster, &options)?;
     let (shape, storage) = planned_shape(&source, quant, &quantization);
-    let (plan, refusal) = match hearth_planner::plan(&shape, &cluster, &options) {
-        Ok(plan) => (Some(plan), None),
-        Err(err @ PlanError::DoesNotFit { .. }) => (None, Some(err.to_string())),
-        Err(err) => return Err(err.into()),
+    let (plan, refusal) = if !args.stages.is_empty() {
+        (Some(given_placement(&args.stages, &shape, &cluster, &options)?), None)
+    } else {
+        match hearth_planner::plan(&shape, &cluster, &options) {
+            Ok(plan) => (Some(plan), None),
+            Err(err @ PlanError::DoesNotFit { .. }) => (None, Some(err.to_string())),
+            Err(err) => return Err(err.into()),
+        }
     };
     let prefill_split = match plan.as_ref().map(|p| &p.placement) {
         Some(Placement::SingleNode { stage }) if cluster.nodes.len() > 1 => {
@@ -208,6 +217,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
         reasons: plan
             .iter()
             .flat_map(|p| p.notes.iter().map(ToString::to_string))
+            .chain((!args.stages.is_empty()).then(|| "placement given by --stages (predicted, not searched or refused)".to_string()))
             .collect(),
         quantization: &quantization,
         prefill_split: prefill_split.as_ref(),
@@ -220,6 +230,23 @@ pub fn run(args: PlanArgs) -> Result<()> {
         print_report(&mut text, &report);
     }
     write_stdout(&text)
+}
+
+/// The prediction for `--stages`: stage i on node i, or every stage on the only node.
+fn given_placement(stages: &[String], shape: &ModelShape, cluster: &Cluster, options: &PlanOptions) -> Result<hearth_planner::Plan> {
+    let num_nodes = cluster.nodes.len();
+    if num_nodes > 1 && stages.len() > num_nodes {
+        bail!("--stages lists {} stages for {num_nodes} nodes (give one node per stage, or one node for all)", stages.len());
+    }
+    let placement = stages
+        .iter()
+        .enumerate()
+        .map(|(stage_idx, text)| {
+            let layers = crate::commands::stage::parse_layers(text).with_context(|| format!("--stages `{text}`"))?;
+            Ok((hearth_planner::NodeId(stage_idx.min(num_nodes - 1)), layers))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(hearth_planner::evaluate_placement(shape, cluster, options, &placement)?)
 }
 
 /// Prints `text`; a closed pipe (`hearth plan | head`) is not an error.

@@ -1,6 +1,7 @@
 //! `hearth serve`: load a model on `--device`, size its KV pool from a memory budget (system
 //! memory on the CPU, free GPU memory after loading on CUDA), start the engine thread and serve
-//! the OpenAI- and Ollama-compatible HTTP API until SIGTERM/Ctrl-C.
+//! the OpenAI- and Ollama-compatible HTTP API until SIGTERM/Ctrl-C. With `--stages` the model
+//! runs as pipeline stages (`crate::pipeline`), with `--tensor-parallel` split over ranks.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,7 +15,8 @@ use hearth_models::ModelFormat;
 use hearth_server::ServeOptions;
 
 use crate::open::{open_files, tokenizer_for, ModelArgs};
-use crate::{store, tensor_parallel};
+use crate::commands::cluster::KeyArgs;
+use crate::{pipeline, pipeline_plan, store, tensor_parallel};
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -50,6 +52,37 @@ pub struct ServeArgs {
     /// (NCCL), or N threads on the CPU. `--kv-memory` is then per rank.
     #[arg(long, default_value_t = 1)]
     pub tensor_parallel: usize,
+    /// Serve through pipeline stages, in layer order: `host:port=START..END` (a `hearth stage`
+    /// serving those layers) or `local=START..END` (loaded here), comma-separated; the ranges
+    /// must cover every layer. `--kv-memory` is then per stage.
+    #[arg(long, value_delimiter = ',')]
+    pub stages: Vec<String>,
+    /// Serve through pipeline stages placed by the planner: comma-separated host:port of
+    /// `hearth stage` processes started without `--layers`; this process is a candidate node too.
+    #[arg(long, value_delimiter = ',', conflicts_with = "stages")]
+    pub pipeline_peers: Vec<String>,
+    /// With --pipeline-peers: memory this process offers the planner for layers and KV, e.g.
+    /// `8GiB`; `0` keeps every layer on the peers (default: available memory).
+    #[arg(long)]
+    pub coordinator_memory: Option<String>,
+    /// With --pipeline-peers or --prefill-node: the link between any two nodes for the plan, e.g.
+    /// "latency=0.2ms,bw=10Gbit/s" (default: measured latency to each peer, 10 GbE bandwidth).
+    #[arg(long)]
+    pub link: Option<String>,
+    /// Split prefill/decode: this process decodes (the whole model), the `hearth stage` at
+    /// host:port computes fresh prompts and streams their K/V back.
+    #[arg(long, conflicts_with_all = ["stages", "pipeline_peers"])]
+    pub prefill_node: Option<String>,
+    /// With --prefill-node: prompts this long or longer go to it (default: where the planner
+    /// predicts the transfer pays off).
+    #[arg(long)]
+    pub prefill_min_tokens: Option<usize>,
+    /// The cluster key the stages hold (pipeline connections are authenticated).
+    #[command(flatten)]
+    pub cluster_key: KeyArgs,
+    /// A pipeline stage silent this long (no answer, no heartbeat) fails the step, in ms.
+    #[arg(long, default_value_t = 5000)]
+    pub stage_timeout_ms: u64,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -75,7 +108,25 @@ fn start_engine(args: &ServeArgs) -> Result<EngineHandle> {
     let files_format = files.format;
     let requested_kv = args.kv_memory.as_deref().map(parse_bytes).transpose()?;
     let limits = |max_model_len| StepLimits { max_num_seqs: args.max_seqs, max_num_batched_tokens: args.max_batched_tokens, max_model_len };
-    let (executor, pool, max_model_len): (Box<dyn Executor>, KvPoolPlan, usize) = if args.tensor_parallel > 1 {
+    let (executor, pool, max_model_len): (Box<dyn Executor>, KvPoolPlan, usize) = if let Some(prefill_node) = &args.prefill_node {
+        if args.tensor_parallel > 1 {
+            bail!("--prefill-node and --tensor-parallel cannot be combined yet");
+        }
+        let (executor, pool) = open_split(args, &path, &files, requested_kv, prefill_node)?;
+        let max_model_len = pool.max_request_len(config.context_length);
+        let kv_dtype = args.model.device_and_load_options()?.0.kv_dtype;
+        report_pool(&format!("{}, split prefill/decode", args.model.device), kv_dtype, &pool, max_model_len, &config);
+        (Box::new(executor), pool, max_model_len)
+    } else if !args.stages.is_empty() || !args.pipeline_peers.is_empty() {
+        if args.tensor_parallel > 1 {
+            bail!("pipeline stages and --tensor-parallel cannot be combined yet");
+        }
+        let (executor, pool) = open_pipeline(args, &path, &files, requested_kv)?;
+        let max_model_len = pool.max_request_len(config.context_length);
+        let kv_dtype = args.model.device_and_load_options()?.0.kv_dtype;
+        report_pool(&format!("per stage, {} stages", executor.stage_names().len()), kv_dtype, &pool, max_model_len, &config);
+        (Box::new(executor), pool, max_model_len)
+    } else if args.tensor_parallel > 1 {
         let ranks = tensor_parallel::open_devices(args.model.device, args.tensor_parallel)?;
         let load_options = tensor_parallel::host_load_options(&args.model, &ranks)?;
         let (budget, per_token) = tensor_parallel::kv_budget_per_rank(&ranks, requested_kv, summary.num_bytes, &config)?;
@@ -140,6 +191,86 @@ fn start_engine(args: &ServeArgs) -> Result<EngineHandle> {
     Ok(EngineHandle::spawn(executor, tokenizer, info, engine_config)?)
 }
 
+/// `--stages` (given) or `--pipeline-peers` (planned): the executor and its per-stage KV pool.
+fn open_pipeline(
+    args: &ServeArgs,
+    path: &std::path::Path,
+    files: &hearth_models::ModelFiles,
+    requested_kv: Option<u64>,
+) -> Result<(hearth_pipeline::PipelineExecutor, KvPoolPlan)> {
+    let pipeline_args = pipeline::PipelineArgs {
+        stages: &args.stages,
+        key: &args.cluster_key,
+        model: &args.model,
+        files,
+        silence_timeout: Duration::from_millis(args.stage_timeout_ms),
+    };
+    let kv_dtype = args.model.device_and_load_options()?.0.kv_dtype;
+    let pool_for = |max_stage_layers: usize| {
+        pipeline::pool_for_largest_stage(&files.config, max_stage_layers, requested_kv, kv_dtype.size_in_bytes(), args.block_size)
+    };
+    let shape_of = |pool: &KvPoolPlan| hearth_pipeline::PoolShape { num_blocks: pool.num_blocks, block_size: pool.block_size };
+    if args.pipeline_peers.is_empty() {
+        let stages = pipeline::stage_list(&pipeline_args)?;
+        let pool = pool_for(stages.iter().map(|(_, layers)| layers.len()).max().unwrap_or(0))?;
+        return Ok((pipeline::open_pipeline(&pipeline_args, shape_of(&pool))?, pool));
+    }
+    let planning = pipeline_plan::PlanningArgs {
+        pipeline: &pipeline_args,
+        model_path: path,
+        peers: &args.pipeline_peers,
+        coordinator_memory: args.coordinator_memory.as_deref().map(parse_bytes_or_zero).transpose()?,
+        link: args.link.as_deref(),
+    };
+    let planned = pipeline_plan::plan_pipeline(&planning)?;
+    for line in &planned.summary {
+        eprintln!("{line}");
+    }
+    let pool = pool_for(planned.locations.iter().map(|(layers, _)| layers.len()).max().unwrap_or(0))?;
+    let executor = pipeline::connect_locations(&pipeline_args, planned.locations, shape_of(&pool), &planned.dialer)?;
+    Ok((executor, pool))
+}
+
+/// `--prefill-node`: the split executor and its KV pool (the whole model's, on both nodes).
+fn open_split(
+    args: &ServeArgs,
+    path: &std::path::Path,
+    files: &hearth_models::ModelFiles,
+    requested_kv: Option<u64>,
+    prefill_node: &str,
+) -> Result<(hearth_pipeline::SplitExecutor, KvPoolPlan)> {
+    let pipeline_args = pipeline::PipelineArgs {
+        stages: &[],
+        key: &args.cluster_key,
+        model: &args.model,
+        files,
+        silence_timeout: Duration::from_millis(args.stage_timeout_ms),
+    };
+    let kv_dtype = args.model.device_and_load_options()?.0.kv_dtype;
+    let pool = pipeline::pool_for_largest_stage(&files.config, files.config.num_layers, requested_kv, kv_dtype.size_in_bytes(), args.block_size)?;
+    let split_args = pipeline_plan::SplitArgs {
+        pipeline: &pipeline_args,
+        model_path: path,
+        prefill_node,
+        min_prefill_tokens: args.prefill_min_tokens,
+        link: args.link.as_deref(),
+    };
+    let shape = hearth_pipeline::PoolShape { num_blocks: pool.num_blocks, block_size: pool.block_size };
+    let (executor, summary) = pipeline_plan::open_split(&split_args, shape)?;
+    for line in summary {
+        eprintln!("{line}");
+    }
+    Ok((executor, pool))
+}
+
+/// A size like `8GiB`, or `0`.
+fn parse_bytes_or_zero(text: &str) -> Result<u64> {
+    if text.trim() == "0" {
+        return Ok(0);
+    }
+    parse_bytes(text)
+}
+
 fn report_pool(place: &str, kv_dtype: candle_core::DType, pool: &KvPoolPlan, max_model_len: usize, config: &hearth_models::ModelConfig) {
     eprintln!(
         "KV cache ({place}, {kv_dtype:?}): {} blocks of {} tokens = {} tokens, {:.1} MiB; longest request {max_model_len} tokens (context {})",
@@ -165,7 +296,7 @@ fn salt_for(path: &std::path::Path) -> u64 {
 }
 
 /// Parses `2GiB`, `512MiB`, `1.5GB`, `1000000` (bytes).
-fn parse_bytes(text: &str) -> Result<u64> {
+pub(crate) fn parse_bytes(text: &str) -> Result<u64> {
     let trimmed = text.trim();
     let split = trimmed.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(trimmed.len());
     let (number, unit) = trimmed.split_at(split);

@@ -7,7 +7,9 @@
 //!
 //! Invariants: a request is in `requests` exactly while the scheduler knows it; every request
 //! that leaves gets exactly one final delta (unless its stream was dropped, which is what
-//! removed it); the thread blocks on the command channel whenever it has nothing to run.
+//! removed it); the thread blocks on the command channel whenever it has nothing to run; after
+//! the executor reports a KV loss (`kv_generation`), no live request survives and no block
+//! cached before is matched again.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, TryRecvError};
@@ -68,7 +70,8 @@ pub(crate) fn spawn(
 ) -> Result<mpsc::Sender<Command>> {
     let scheduler = Scheduler::new(config.scheduler_config())?;
     let (commands_tx, commands) = mpsc::channel();
-    let engine = EngineLoop { scheduler, executor, tokenizer, config, requests: HashMap::new(), commands, stats };
+    let kv_generation = executor.kv_generation();
+    let engine = EngineLoop { scheduler, executor, tokenizer, config, requests: HashMap::new(), commands, stats, kv_generation };
     std::thread::Builder::new()
         .name("hearth-engine".into())
         .spawn(move || {
@@ -101,9 +104,17 @@ struct EngineLoop {
     requests: HashMap<RequestId, LiveRequest>,
     commands: Receiver<Command>,
     stats: Arc<Mutex<EngineStats>>,
+    /// The executor's `kv_generation` the cached blocks belong to.
+    kv_generation: u64,
 }
 
 impl EngineLoop {
+    /// The salt of new requests' block hashes: the model's, changed with each KV generation so
+    /// that blocks cached before a KV loss never match again.
+    fn cache_salt(&self) -> u64 {
+        self.config.cache_salt ^ self.kv_generation.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
     fn run(mut self) {
         // The pool's size is known before any request: readers never see an empty snapshot.
         self.publish_stats();
@@ -148,7 +159,7 @@ impl EngineLoop {
             id,
             prompt_token_ids: request.prompt_token_ids,
             max_tokens: request.max_tokens,
-            cache_salt: self.config.cache_salt,
+            cache_salt: self.cache_salt(),
         };
         let added = self
             .executor
@@ -191,6 +202,13 @@ impl EngineLoop {
                 let message = format!("the engine failed to run a step: {err}");
                 for scheduled in &plan.requests {
                     self.fail(scheduled.id, message.clone());
+                }
+                let generation = self.executor.kv_generation();
+                if generation != self.kv_generation {
+                    // Every request's K/V (running or cached) is gone: fail them all, and new
+                    // requests hash their blocks with a new salt.
+                    self.kv_generation = generation;
+                    self.fail_all(format!("the KV cache was lost: {err}"));
                 }
             }
         }

@@ -8,7 +8,8 @@
 //! Contract: `add_request` before a request first appears in a plan; `execute` returns exactly
 //! one `SampledOutput` per plan entry with `samples == true`, in plan order; sampling state
 //! (seeded RNG, penalty history) lives here and survives preemption; `remove_request` after
-//! the request finished or was aborted.
+//! the request finished or was aborted; when `kv_generation` changes, every block's contents
+//! are gone.
 
 use hearth_scheduler::{RequestId, StepPlan};
 
@@ -42,4 +43,11 @@ pub trait Executor: Send + 'static {
     /// Runs one step: computes every planned request's new tokens into the KV cache and
     /// samples a token for each entry with `samples == true`.
     fn execute(&mut self, plan: &StepPlan) -> Result<Vec<SampledOutput>>;
+
+    /// Counts the times the KV cache's contents were lost (a pipeline stage that came back
+    /// empty after a reconnect). It changes only inside an `execute` that returns `Err`; the
+    /// loop then fails every live request and stops matching blocks cached before.
+    fn kv_generation(&self) -> u64 {
+        0
+    }
 }

@@ -180,13 +180,19 @@ impl<'a> Weights<'a> {
 
     /// Fails with every problem seen, plus tensors in the file that nothing asked for.
     pub fn finish(self) -> Result<()> {
+        self.finish_except(|_| false)
+    }
+
+    /// Like [`Weights::finish`], for a part of a model (a pipeline stage): tensors for which
+    /// `owned_elsewhere` is true belong to another part and are not unexpected here.
+    pub fn finish_except(self, owned_elsewhere: impl Fn(&str) -> bool) -> Result<()> {
         let used = self.used.into_inner();
         let mut problems = self.problems.into_inner();
         let mut unexpected: Vec<String> = self
             .source
             .names()
             .into_iter()
-            .filter(|n| !used.contains(n) && !names::is_ignorable(n))
+            .filter(|n| !used.contains(n) && !names::is_ignorable(n) && !owned_elsewhere(n))
             .collect();
         unexpected.sort();
         problems.extend(unexpected.into_iter().map(|n| format!("unexpected tensor `{n}`")));

@@ -5,6 +5,7 @@
 //! Owns: the flags and their validation (before anything slow happens), the order of work
 //! (check tests against the model's context → measure bandwidth → load → KV pool → run tests),
 //! picking the energy source (NVML with `--device cuda`, RAPL on the CPU) and the copy size.
+//! With `--stages` the tests run through pipeline stages (`crate::pipeline`).
 //! Does not own: running tests and the roofline accounting (`hearth_engine::bench`), the table
 //! and JSON (`report`), machine facts (`hardware`), CUDA/NVML calls (`cuda`, feature `cuda`).
 
@@ -56,6 +57,14 @@ pub struct BenchArgs {
     /// threads), as `hearth serve --tensor-parallel N` does.
     #[arg(long, default_value_t = 1)]
     pub tensor_parallel: usize,
+    /// Run through pipeline stages, as `hearth serve --stages` does: `host:port=START..END`
+    /// (a `hearth stage`) or `local=START..END`, comma-separated. The whole model is also read
+    /// once here, for the roofline accounting.
+    #[arg(long, value_delimiter = ',')]
+    pub stages: Vec<String>,
+    /// The cluster key the stages hold.
+    #[command(flatten)]
+    pub cluster_key: crate::commands::cluster::KeyArgs,
     /// Timed runs per test (mean ± stddev over them).
     #[arg(short = 'r', long, default_value_t = 3)]
     pub reps: usize,
@@ -158,7 +167,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     let summary = files.weight_summary()?;
     let params = HarnessParams { block_size: BLOCK_SIZE, kv_dtype: compute.kv_dtype };
-    let (mut harness, files) = if args.tensor_parallel > 1 {
+    let (mut harness, files) = if !args.stages.is_empty() {
+        if args.tensor_parallel > 1 {
+            bail!("--stages and --tensor-parallel cannot be combined yet");
+        }
+        eprintln!("loading {} for the roofline accounting", path.display());
+        let loaded = files.load(&load_options).with_context(|| format!("loading {}", path.display()))?;
+        let (pool, _) = BenchHarness::sizes(&loaded.model.config, &tests, &settings, params)?;
+        let cost = ModelCost::new(&loaded.model, compute.kv_dtype);
+        let pipeline_args = crate::pipeline::PipelineArgs {
+            stages: &args.stages,
+            key: &args.cluster_key,
+            model: &args.model,
+            files: &loaded.files,
+            silence_timeout: std::time::Duration::from_secs(30),
+        };
+        let shape = hearth_pipeline::PoolShape { num_blocks: pool.num_blocks, block_size: pool.block_size };
+        let executor = Box::new(crate::pipeline::open_pipeline(&pipeline_args, shape)?);
+        (BenchHarness::with_executor(executor, &loaded.model.config, cost, pool, &compute.device), loaded.files)
+    } else if args.tensor_parallel > 1 {
         let ranks = tensor_parallel::open_devices(args.model.device, args.tensor_parallel)?;
         eprintln!("loading {} on the host for {} ranks", path.display(), ranks.len());
         let loaded = files

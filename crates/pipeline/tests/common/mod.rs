@@ -1,0 +1,129 @@
+//! Helpers of the pipeline's loopback tests: fixtures, the shared cluster key and short
+//! timings, and `StageThread` (a `StageServer` on a thread behind its own listener).
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use candle_core::Device;
+use hearth_cluster::{ClusterKey, ConnectionTiming, Dialer, HandshakeConfig, NodeId, VersionInfo};
+use hearth_models::{LoadOptions, ModelFiles, PipelineStage};
+use hearth_pipeline::{PipelineTiming, StageOffer, StageServer, StageServerParams};
+
+pub const BLOCK_SIZE: usize = 4;
+pub const NUM_BLOCKS: usize = 24;
+pub const TOLERANCE: f32 = 1e-5;
+pub const KEY: &str = "pipeline loopback test key, 32+ bytes";
+
+pub fn fixture_dir(arch: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden").join(arch)
+}
+
+pub fn smollm2() -> Option<PathBuf> {
+    let assets = std::env::var_os("HEARTH_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/hearth/assets"));
+    let path = assets.join("smollm2-135m-instruct-q4_1.gguf");
+    if path.exists() {
+        Some(path)
+    } else {
+        eprintln!("skipping SmolLM2: {} is missing (run scripts/fetch-assets.sh)", path.display());
+        None
+    }
+}
+
+pub fn handshake() -> HandshakeConfig {
+    HandshakeConfig {
+        key: ClusterKey::from_text(KEY).unwrap(),
+        node_id: NodeId::random(),
+        version: VersionInfo::current(),
+        timeout: Duration::from_secs(2),
+    }
+}
+
+pub fn connection_timing() -> ConnectionTiming {
+    ConnectionTiming { connect_timeout: Duration::from_secs(1), handshake_timeout: Duration::from_secs(2), io_timeout: Duration::from_secs(2) }
+}
+
+pub fn dialer() -> Dialer {
+    Dialer { identity: handshake(), timing: connection_timing(), listen_port: None }
+}
+
+pub fn timing() -> PipelineTiming {
+    PipelineTiming { silence_timeout: Duration::from_secs(2) }
+}
+
+pub fn server_params() -> StageServerParams {
+    StageServerParams {
+        handshake: handshake(),
+        timing: connection_timing(),
+        device: Device::Cpu,
+        max_kv_bytes: 1 << 30,
+        busy_interval: Duration::from_millis(200),
+        offer: StageOffer { memory_bytes: 1 << 30, bandwidth_bytes_per_s: 1e10, flops_per_s: 1e11 },
+    }
+}
+
+/// A `StageServer` on a thread; stopped (its connections closed) when dropped or stopped.
+pub struct StageThread {
+    pub address: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl StageThread {
+    pub fn start(model_path: &Path, layers: Range<usize>) -> Self {
+        let files = ModelFiles::open(model_path).unwrap();
+        let stage = PipelineStage::load(&files, layers, &LoadOptions::default()).unwrap();
+        let server = StageServer::new(stage, server_params());
+        Self::spawn(server)
+    }
+
+    pub fn spawn(server: StageServer) -> Self {
+        Self::spawn_at(server, "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// A fixed-layer stage on `address` (a stage process restarted on its old port).
+    pub fn start_at(model_path: &Path, layers: Range<usize>, address: SocketAddr) -> Self {
+        let files = ModelFiles::open(model_path).unwrap();
+        let stage = PipelineStage::load(&files, layers, &LoadOptions::default()).unwrap();
+        Self::spawn_at(StageServer::new(stage, server_params()), address)
+    }
+
+    pub fn spawn_at(mut server: StageServer, address: SocketAddr) -> Self {
+        let listener = TcpListener::bind(address).unwrap();
+        let address = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = Arc::clone(&stop);
+            move || server.serve(&listener, &stop).unwrap()
+        });
+        Self { address, stop, thread: Some(thread) }
+    }
+
+    /// A stage that loads whatever layers its coordinator names.
+    pub fn start_on_demand(model_path: &Path) -> Self {
+        let files = ModelFiles::open(model_path).unwrap();
+        let server = StageServer::on_demand(files, LoadOptions::default(), server_params());
+        Self::spawn(server)
+    }
+
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
+}
+
+impl Drop for StageThread {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
