@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 use hearth_engine::bench::{
-    BenchHarness, BenchTest, EnergyMeter, HarnessParams, ModelCost, NoEnergyMeter, RunSettings,
+    BenchHarness, BenchTest, EnergyMeter, HarnessParams, NoEnergyMeter, RunSettings,
 };
 use hearth_models::{LoadOptions, ModelFiles};
 
