@@ -2,16 +2,26 @@
 //! NVRTC through candle's cudarc, loaded into each device's module cache by candle).
 //!
 //! Owns: reading the kernel's u32 metadata (`kernel_metadata`: the caller's device copy, or
-//! one upload per call),
-//! the launch shape, dtype dispatch (F32, BF16, F16; q and the pool share one dtype).
-//! Does not own: validation (done by `check_shapes` before the op runs), the kernel's math.
-//! Compiling and caching the source: `crate::nvrtc`.
+//! one upload per call), the launch shapes of both paths (one block per (row, head); split over
+//! the sequence + combine), the split path's F32 scratch buffer, dtype dispatch (F32, BF16,
+//! F16; q and the pool share one dtype).
+//! Does not own: validation (done by `check_shapes` before the op runs), the kernel's math, the
+//! number of splits (`super::split`). Compiling and caching the source: `crate::nvrtc`.
+//!
+//! CUDA-graph safety: everything a launch's shape depends on — grid, shared memory, scratch
+//! size — is a function of the tensor shapes, the metadata's length, the sequence count and the
+//! device (see `super::split`), so a recorded launch stays valid when a replay rewrites the
+//! metadata. Every launch allocates its output and scratch through candle's device allocator
+//! (stream-ordered, so recordable like every other op's output); nothing is copied from the
+//! host when the caller provides `device_metadata`.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{CudaStorage, DType, Layout, Shape};
 
+use super::split::{max_row_positions, SplitChoice, MIN_SPLIT_POSITIONS};
 use super::{kernel_metadata, AttentionLayout, CUDA_SOURCE};
 use crate::nvrtc::{contiguous_view, CudaModule};
 
@@ -19,6 +29,8 @@ use crate::nvrtc::{contiguous_view, CudaModule};
 const NUM_THREADS: u32 = 128;
 /// Each thread accumulates at most this many output dims (`MAX_DIMS_PER_THREAD` in the .cu).
 const MAX_DIMS_PER_THREAD: usize = 4;
+/// Threads of a combine block (one output dim each, looping when head_dim is larger).
+const COMBINE_THREADS: u32 = 128;
 
 /// The kernel source as an NVRTC module.
 pub static MODULE: CudaModule = CudaModule::new("hearth_paged_attention", "paged_attention.cu", CUDA_SOURCE);
@@ -29,7 +41,7 @@ pub(super) struct Inputs<'a> {
     pub v_cache: (&'a CudaStorage, &'a Layout),
 }
 
-pub(super) fn forward(layout: &AttentionLayout, inputs: Inputs) -> candle_core::Result<(CudaStorage, Shape)> {
+pub(super) fn forward(layout: &AttentionLayout, splits: SplitChoice, inputs: Inputs) -> candle_core::Result<(CudaStorage, Shape)> {
     let dtype = inputs.q.0.dtype();
     if inputs.k_cache.0.dtype() != dtype || inputs.v_cache.0.dtype() != dtype {
         candle_core::bail!(
@@ -39,16 +51,54 @@ pub(super) fn forward(layout: &AttentionLayout, inputs: Inputs) -> candle_core::
         );
     }
     match dtype {
-        DType::F32 => launch::<f32>("paged_attention_f32", layout, inputs),
-        DType::BF16 => launch::<half::bf16>("paged_attention_bf16", layout, inputs),
-        DType::F16 => launch::<half::f16>("paged_attention_f16", layout, inputs),
+        DType::F32 => launch::<f32>("f32", layout, splits, inputs),
+        DType::BF16 => launch::<half::bf16>("bf16", layout, splits, inputs),
+        DType::F16 => launch::<half::f16>("f16", layout, splits, inputs),
         other => candle_core::bail!("paged attention (cuda): unsupported dtype {other:?}"),
     }
 }
 
+/// Operands and sizes shared by both paths' launches.
+struct Launch<'a, T> {
+    q: CudaView<'a, T>,
+    k_cache: CudaView<'a, T>,
+    v_cache: CudaView<'a, T>,
+    row_pos: CudaView<'a, u32>,
+    row_table: CudaView<'a, u32>,
+    block_tables: CudaView<'a, u32>,
+    /// num_heads, num_kv_heads, head_dim, block_size, sliding_window (0: none)
+    scalars: [u32; 5],
+    scale: f32,
+    num_row_heads: usize,
+    head_dim: usize,
+}
+
+impl<T: DeviceRepr> Launch<'_, T> {
+    /// Pushes `q .. scale`, the arguments both attending kernels take after their outputs.
+    fn push_common<'b>(&'b self, builder: &mut LaunchArgs<'b>) {
+        builder.arg(&self.q);
+        builder.arg(&self.k_cache);
+        builder.arg(&self.v_cache);
+        builder.arg(&self.row_pos);
+        builder.arg(&self.row_table);
+        builder.arg(&self.block_tables);
+        for s in &self.scalars {
+            builder.arg(s);
+        }
+        builder.arg(&self.scale);
+    }
+
+    /// Dynamic shared memory of an attending block (see `attend_smem` in the .cu).
+    fn shared_mem_bytes(&self) -> u32 {
+        let num_floats = self.head_dim + NUM_THREADS as usize;
+        ((num_floats + num_floats % 2) * 4 + NUM_THREADS as usize * 8) as u32
+    }
+}
+
 fn launch<T: CudaDType + DeviceRepr>(
-    kernel: &str,
+    suffix: &str,
     layout: &AttentionLayout,
+    splits: SplitChoice,
     inputs: Inputs,
 ) -> candle_core::Result<(CudaStorage, Shape)> {
     let (q_storage, q_layout) = inputs.q;
@@ -58,24 +108,17 @@ fn launch<T: CudaDType + DeviceRepr>(
     if head_dim > MAX_DIMS_PER_THREAD * NUM_THREADS as usize {
         candle_core::bail!("paged attention (cuda): head_dim {head_dim} > {}", MAX_DIMS_PER_THREAD * NUM_THREADS as usize);
     }
-    let q = contiguous_view::<T>(inputs.q.0, inputs.q.1, "paged attention (cuda): q")?;
-    let k_cache = contiguous_view::<T>(inputs.k_cache.0, inputs.k_cache.1, "paged attention (cuda): k_cache")?;
-    let v_cache = contiguous_view::<T>(inputs.v_cache.0, inputs.v_cache.1, "paged attention (cuda): v_cache")?;
-    let num_out = num_rows * num_heads * head_dim;
-    // SAFETY: every element is written by the kernel (each (row, head) block writes its row).
-    let out = unsafe { dev.alloc::<T>(num_out.max(1))? };
     let shape = Shape::from((num_rows, num_heads, head_dim));
     if num_rows == 0 {
+        // SAFETY: nothing is read from an empty output.
+        let out = unsafe { dev.alloc::<T>(1)? };
         return Ok((CudaStorage::wrap_cuda_slice(out, dev), shape));
     }
 
     // The step's metadata on the device: the caller's (one upload per step, graph-safe) or
     // uploaded here.
     let uploaded;
-    let device_metadata = match &layout.device_metadata {
-        Some(t) => Some(t.storage_and_layout()),
-        None => None,
-    };
+    let device_metadata = layout.device_metadata.as_ref().map(|t| t.storage_and_layout());
     let meta: CudaView<u32> = match &device_metadata {
         Some((storage, meta_layout)) => match &**storage {
             candle_core::Storage::Cuda(s) => contiguous_view::<u32>(s, meta_layout, "paged attention (cuda): metadata")?,
@@ -89,33 +132,112 @@ fn launch<T: CudaDType + DeviceRepr>(
     if meta.len() < 2 * num_rows + 1 {
         candle_core::bail!("paged attention (cuda): metadata has {} entries for {num_rows} rows", meta.len());
     }
-    let row_pos = meta.slice(0..num_rows);
-    let row_table = meta.slice(num_rows..2 * num_rows);
-    let block_tables = meta.slice(2 * num_rows..);
-    let func = MODULE.function(q_storage, kernel)?;
-
-    let num_floats = head_dim + NUM_THREADS as usize;
-    let shared_mem_bytes = (num_floats + num_floats % 2) * 4 + NUM_THREADS as usize * 8;
-    let cfg = LaunchConfig {
-        grid_dim: ((num_rows * num_heads) as u32, 1, 1),
-        block_dim: (NUM_THREADS, 1, 1),
-        shared_mem_bytes: shared_mem_bytes as u32,
+    let num_splits = match splits {
+        SplitChoice::Fixed(_) => splits.resolve(num_rows, num_heads, 0, 0),
+        SplitChoice::Auto => {
+            let max_positions = max_row_positions(layout, num_rows, meta.len());
+            splits.resolve(num_rows, num_heads, max_positions, multiprocessor_count(&dev)?)
+        }
     };
-    let scalars = [num_heads, num_kv_heads, head_dim, block_size, layout.sliding_window.unwrap_or(0)].map(|x| x as u32);
+    let launch = Launch {
+        q: contiguous_view::<T>(inputs.q.0, inputs.q.1, "paged attention (cuda): q")?,
+        k_cache: contiguous_view::<T>(inputs.k_cache.0, inputs.k_cache.1, "paged attention (cuda): k_cache")?,
+        v_cache: contiguous_view::<T>(inputs.v_cache.0, inputs.v_cache.1, "paged attention (cuda): v_cache")?,
+        row_pos: meta.slice(0..num_rows),
+        row_table: meta.slice(num_rows..2 * num_rows),
+        block_tables: meta.slice(2 * num_rows..),
+        scalars: [num_heads, num_kv_heads, head_dim, block_size, layout.sliding_window.unwrap_or(0)].map(|x| x as u32),
+        scale: layout.scale,
+        num_row_heads: num_rows * num_heads,
+        head_dim,
+    };
+    let out = match num_splits {
+        1 => launch_one_block(suffix, q_storage, &launch)?,
+        n => launch_split(suffix, q_storage, &launch, n)?,
+    };
+    Ok((CudaStorage::wrap_cuda_slice(out, dev), shape))
+}
+
+/// The device's SM count (constant for a device, so graph-safe).
+fn multiprocessor_count(dev: &candle_core::CudaDevice) -> candle_core::Result<usize> {
+    let count = dev.cuda_stream().context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).w()?;
+    Ok(count.max(1) as usize)
+}
+
+/// One block per (row, head), writing the output directly.
+fn launch_one_block<T: CudaDType + DeviceRepr>(
+    suffix: &str,
+    q_storage: &CudaStorage,
+    launch: &Launch<T>,
+) -> candle_core::Result<CudaSlice<T>> {
+    let dev = q_storage.device();
+    // SAFETY: every element is written by the kernel (each (row, head) block writes its row).
+    let out = unsafe { dev.alloc::<T>(launch.num_row_heads * launch.head_dim)? };
+    let func = MODULE.function(q_storage, &format!("paged_attention_{suffix}"))?;
+    let cfg = LaunchConfig {
+        grid_dim: (launch.num_row_heads as u32, 1, 1),
+        block_dim: (NUM_THREADS, 1, 1),
+        shared_mem_bytes: launch.shared_mem_bytes(),
+    };
     let mut builder = func.builder();
     builder.arg(&out);
-    builder.arg(&q);
-    builder.arg(&k_cache);
-    builder.arg(&v_cache);
-    builder.arg(&row_pos);
-    builder.arg(&row_table);
-    builder.arg(&block_tables);
-    for s in &scalars {
-        builder.arg(s);
-    }
-    builder.arg(&layout.scale);
+    launch.push_common(&mut builder);
     // SAFETY: argument types and order match the kernel's signature; the metadata and pool
     // bounds were validated by `AttentionLayout::validate`.
     unsafe { builder.launch(cfg) }.w()?;
-    Ok((CudaStorage::wrap_cuda_slice(out, dev), shape))
+    Ok(out)
+}
+
+/// Split over the sequence: `num_splits` partial states per (row, head) into an F32 scratch
+/// buffer (`[num_row_heads, num_splits, 2]` stats, then `[num_row_heads, num_splits,
+/// head_dim]` accumulators), then the combine kernel writes the output.
+fn launch_split<T: CudaDType + DeviceRepr>(
+    suffix: &str,
+    q_storage: &CudaStorage,
+    launch: &Launch<T>,
+    num_splits: usize,
+) -> candle_core::Result<CudaSlice<T>> {
+    let dev = q_storage.device();
+    let num_partials = launch.num_row_heads * num_splits;
+    // SAFETY: the split kernel writes every partial's stats, and the accumulator of every
+    // partial whose stats say it is non-empty; the combine kernel reads nothing else.
+    let scratch = unsafe { dev.alloc::<f32>(num_partials * (2 + launch.head_dim))? };
+    let stats = scratch.slice(0..2 * num_partials);
+    let acc = scratch.slice(2 * num_partials..);
+
+    let split = MODULE.function(q_storage, &format!("paged_attention_split_{suffix}"))?;
+    let cfg = LaunchConfig {
+        grid_dim: (launch.num_row_heads as u32, num_splits as u32, 1),
+        block_dim: (NUM_THREADS, 1, 1),
+        shared_mem_bytes: launch.shared_mem_bytes(),
+    };
+    let min_split_len = MIN_SPLIT_POSITIONS as u32;
+    let mut builder = split.builder();
+    builder.arg(&stats);
+    builder.arg(&acc);
+    launch.push_common(&mut builder);
+    builder.arg(&min_split_len);
+    // SAFETY: as in `launch_one_block`; the scratch holds `num_partials` partials.
+    unsafe { builder.launch(cfg) }.w()?;
+
+    // SAFETY: the combine kernel writes every element (each (row, head) block writes its row).
+    let out = unsafe { dev.alloc::<T>(launch.num_row_heads * launch.head_dim)? };
+    let combine = MODULE.function(q_storage, &format!("paged_attention_combine_{suffix}"))?;
+    let cfg = LaunchConfig {
+        grid_dim: (launch.num_row_heads as u32, 1, 1),
+        block_dim: (COMBINE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (num_splits, head_dim) = (num_splits as u32, launch.head_dim as u32);
+    let mut builder = combine.builder();
+    builder.arg(&out);
+    builder.arg(&stats);
+    builder.arg(&acc);
+    builder.arg(&num_splits);
+    builder.arg(&head_dim);
+    // SAFETY: argument types and order match `paged_attention_combine_*`; stats and acc hold
+    // `num_row_heads * num_splits` partials written by the split kernel just before on the
+    // same stream.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok(out)
 }

@@ -1,6 +1,7 @@
 //! Binds the CUDA paged-attention kernel to its reference twin on the GPU (F32/BF16/F16; mixed
 //! prompt and generation rows, GQA, sliding windows, contexts longer than one chunk) and to the
-//! CPU kernel; checks that the source compiles with NVRTC (no GPU needed).
+//! CPU kernel; checks that the source compiles with NVRTC (no GPU needed). The split over the
+//! sequence has its own tests in `split_tests.rs`.
 //!
 //! Without a usable GPU the device tests print why and pass, unless `HEARTH_REQUIRE_GPU=1`
 //! makes the absence a failure (set it on GPU machines so a broken driver cannot hide).
@@ -11,7 +12,7 @@ use proptest::prelude::*;
 use super::tests::{make_case, max_abs_diff, Case};
 use super::*;
 
-fn gpu() -> Option<Device> {
+pub(super) fn gpu() -> Option<Device> {
     match Device::new_cuda(0) {
         Ok(device) => Some(device),
         Err(e) if std::env::var("HEARTH_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
@@ -26,7 +27,7 @@ fn gpu() -> Option<Device> {
 
 /// Largest |fast - reference| allowed: the kernel and the reference both accumulate in F32
 /// from the same inputs; the difference is the rounding of the output to `dtype`.
-fn tolerance(dtype: DType) -> f32 {
+pub(super) fn tolerance(dtype: DType) -> f32 {
     match dtype {
         DType::BF16 => 4e-2,
         DType::F16 => 4e-3,
@@ -47,8 +48,10 @@ fn gpu_vs_reference(case: &Case, device: &Device, dtype: DType) -> f32 {
 #[test]
 fn nvrtc_compiles_the_kernel_source() {
     let ptx = cuda::MODULE.compile().unwrap_or_else(|e| panic!("NVRTC failed: {e:?}")).to_src();
-    for kernel in ["paged_attention_f32", "paged_attention_bf16", "paged_attention_f16"] {
-        assert!(ptx.contains(&format!(".entry {kernel}(")), "PTX lacks {kernel}");
+    for kernel in ["paged_attention", "paged_attention_split", "paged_attention_combine"] {
+        for suffix in ["f32", "bf16", "f16"] {
+            assert!(ptx.contains(&format!(".entry {kernel}_{suffix}(")), "PTX lacks {kernel}_{suffix}");
+        }
     }
 }
 

@@ -15,16 +15,30 @@
 //! (`cuda.rs` + `paged_attention.cu`, compiled by NVRTC at run time; F32/BF16/F16 with F32
 //! accumulation). [`paged_attention_reference`] gathers each sequence's K/V with ordinary
 //! tensor ops and runs textbook attention; tests bind the fast paths to it.
+//!
+//! The CUDA body has two paths (both in `paged_attention.cu`): one thread block per (row, head),
+//! and, when that grid is too small for the GPU and rows are long (generation at small batch),
+//! a split over the sequence (flash-decoding: partial softmax states per range of positions in
+//! a scratch buffer, then a combine kernel). `split.rs` chooses the number of splits on the
+//! host from data a recorded CUDA graph holds fixed (shapes, the metadata's table width, the SM
+//! count), never from the step's context lengths; the kernel partitions each row's actual span,
+//! so any split count gives the same result up to F32 rounding.
+//!
+//! Files: `mod.rs` (types, metadata, validation, the op), `cpu.rs`, `cuda.rs` (launches),
+//! `split.rs` (split count), `reference.rs`, `paged_attention.cu`, tests in `tests.rs` (CPU)
+//! and `cuda_tests.rs` / `split_tests.rs` (GPU, NVRTC).
 
 mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod reference;
+pub mod split;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
 use crate::{KernelError, Result};
 pub use reference::paged_attention_reference;
+use split::SplitChoice;
 
 /// CUDA C source of the GPU kernel (compiled by NVRTC at run time; kept buildable without the
 /// `cuda` feature so a CPU-only test can check that it compiles).
@@ -162,8 +176,20 @@ pub fn paged_attention(
     v_cache: &Tensor,
     layout: &AttentionLayout,
 ) -> Result<Tensor> {
+    paged_attention_with(q, k_cache, v_cache, layout, SplitChoice::Auto)
+}
+
+/// [`paged_attention`] with the CUDA path's split over the sequence chosen by `splits` (tests
+/// and benchmarks fix it; other devices ignore it).
+pub fn paged_attention_with(
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    layout: &AttentionLayout,
+    splits: SplitChoice,
+) -> Result<Tensor> {
     check_shapes(q, k_cache, v_cache, layout)?;
-    let op = PagedAttentionOp { layout: layout.clone() };
+    let op = PagedAttentionOp { layout: layout.clone(), splits };
     if q.device().is_cpu() && q.dtype() == DType::F32 && k_cache.dtype() == DType::F32 {
         return Ok(q.apply_op3_no_bwd(k_cache, v_cache, &op)?);
     }
@@ -179,6 +205,8 @@ pub fn paged_attention(
 /// The custom op: CPU and CUDA bodies of one operation.
 struct PagedAttentionOp {
     layout: AttentionLayout,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    splits: SplitChoice,
 }
 
 impl CustomOp3 for PagedAttentionOp {
@@ -213,7 +241,7 @@ impl CustomOp3 for PagedAttentionOp {
             k_cache: (k_storage, k_layout),
             v_cache: (v_storage, v_layout),
         };
-        cuda::forward(&self.layout, inputs)
+        cuda::forward(&self.layout, self.splits, inputs)
     }
 }
 
@@ -272,3 +300,5 @@ fn check_shapes(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, layout: &Attenti
 mod tests;
 #[cfg(all(test, feature = "cuda"))]
 mod cuda_tests;
+#[cfg(all(test, feature = "cuda"))]
+mod split_tests;
