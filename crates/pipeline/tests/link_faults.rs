@@ -49,7 +49,7 @@ fn a_cut_dropped_or_slow_link_to_a_stage_is_named_and_bounded() {
         stages: vec![(0..1, StageLocation::Local(Box::new(first))), (1..2, StageLocation::Remote(proxy.address()))],
         pool: PoolShape { num_blocks: NUM_BLOCKS, block_size: BLOCK_SIZE },
         dialer: &dialer,
-        timing: timing(),
+        timing: silence_timing(),
         device: Device::Cpu,
     };
     let mut pipeline = PipelineExecutor::connect(params).unwrap();
@@ -71,7 +71,7 @@ fn a_cut_dropped_or_slow_link_to_a_stage_is_named_and_bounded() {
     let message = pipeline.forward(&step(7, 2)).unwrap_err().to_string();
     let elapsed = started.elapsed();
     assert!(message.contains("pipeline stage 1 (layers 1..2") && message.contains("silent"), "{message}");
-    assert!(elapsed >= timing().silence_timeout && elapsed < timing().silence_timeout + Duration::from_secs(1), "took {elapsed:?}");
+    assert!(elapsed >= silence_timing().silence_timeout && elapsed < silence_timing().silence_timeout + Duration::from_secs(1), "took {elapsed:?}");
     proxy.set_blackhole(false);
 
     // Back: the executor dials again; the stage's pool is new, so the KV generation advances.

@@ -162,7 +162,7 @@ fn a_stage_that_stops_fails_the_step_at_once_naming_it_and_later_steps_fail_too(
     let message = pipeline.forward(&one_decode_input(4, 1)).unwrap_err().to_string();
     let elapsed = started.elapsed();
     assert!(message.contains("pipeline stage 1 (layers 2..4") && message.contains(&middle_address.to_string()), "{message}");
-    assert!(elapsed < timing().silence_timeout + Duration::from_secs(1), "took {elapsed:?}: {message}");
+    assert!(elapsed < Duration::from_secs(3), "a stopped stage must fail the step at once, took {elapsed:?}: {message}");
     let started = Instant::now();
     let again = pipeline.forward(&one_decode_input(4, 1)).unwrap_err().to_string();
     assert!(again.contains("pipeline stage 1") && again.contains("earlier failure") && again.contains("reconnecting failed"), "{again}");
@@ -206,7 +206,7 @@ fn a_silent_stage_fails_the_step_within_the_silence_timeout() {
         stages: vec![(0..1, StageLocation::Local(Box::new(first))), (1..2, StageLocation::Remote(address))],
         pool: PoolShape { num_blocks: NUM_BLOCKS, block_size: BLOCK_SIZE },
         dialer: &dialer,
-        timing: timing(),
+        timing: silence_timing(),
         device: Device::Cpu,
     };
     let mut pipeline = PipelineExecutor::connect(params).unwrap();
@@ -216,7 +216,7 @@ fn a_silent_stage_fails_the_step_within_the_silence_timeout() {
     release.store(true, Ordering::Relaxed);
     fake.join().unwrap();
     assert!(message.contains("pipeline stage 1 (layers 1..2") && message.contains("silent"), "{message}");
-    assert!(elapsed >= timing().silence_timeout && elapsed < timing().silence_timeout + Duration::from_secs(1), "took {elapsed:?}");
+    assert!(elapsed >= silence_timing().silence_timeout && elapsed < silence_timing().silence_timeout + Duration::from_secs(1), "took {elapsed:?}");
     eprintln!("silent stage detected in {elapsed:?}: {message}");
 }
 
