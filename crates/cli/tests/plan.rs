@@ -1,6 +1,8 @@
 //! `hearth plan` through the binary, on described hardware (no measurement, so the output is
 //! deterministic): the golden Llama fixture on an H100 + RTX 4090 (a single node, the split
-//! refused), Llama-3-70B at Q4_K_M over two RTX 4090s (a pipeline), and clear errors.
+//! refused), Llama-3-70B at Q4_K_M over two RTX 4090s (a pipeline: GeForce cards are too
+//! slowly joined for tensor parallelism), Llama-3-70B on one machine with two NVLinked H100s
+//! (tensor parallel) against two separate H100 machines (a pipeline), and clear errors.
 
 use std::process::Command;
 
@@ -106,6 +108,93 @@ fn seventy_b_over_two_gaming_gpus_is_a_two_stage_pipeline() {
             .starts_with("no single node holds the model")),
         "{reasons:?}"
     );
+    assert!(
+        reasons.iter().any(|r| r
+            .as_str()
+            .unwrap()
+            .starts_with("no tensor parallelism on 2xrtx-4090: its GPUs are joined at 12.00 GB/s")),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn seventy_b_on_two_nvlinked_h100s_is_tensor_parallel() {
+    let (ok, stdout, stderr) = hearth(&[
+        "plan",
+        "--shape",
+        "llama3-70b",
+        "--hardware",
+        "2xh100-sxm",
+        "--ctx",
+        "4096",
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["hosts"][0]["name"], "2xh100-sxm");
+    assert_eq!(report["hosts"][0]["nodes"], serde_json::json!([0, 1]));
+    let placement = &report["plan"]["placement"];
+    assert_eq!(placement["kind"], "tensor_parallel", "{stdout}");
+    assert_eq!(placement["host"], "2xh100-sxm");
+    assert_eq!(placement["all_reduces_per_token"], 160);
+    assert_eq!(placement["interconnect"]["bandwidth_bytes_per_s"], 450e9);
+    let ranks = placement["ranks"].as_array().unwrap();
+    assert_eq!(ranks.len(), 2);
+    for (idx, rank) in ranks.iter().enumerate() {
+        assert_eq!(rank["rank"], idx);
+        assert_eq!(rank["attention_heads"], 32);
+        assert_eq!(rank["kv_heads"], 4);
+        assert!(rank["memory_bytes"].as_u64().unwrap() <= rank["usable_memory_bytes"].as_u64().unwrap());
+    }
+    let prediction = &report["plan"]["prediction"];
+    assert!(prediction["link_seconds_per_token"].as_f64().unwrap() > 0.0);
+    let tensor_parallel = prediction["tokens_per_second"].as_f64().unwrap();
+    let reasons = report["reasons"].to_string();
+    assert!(
+        reasons.contains("tensor parallel over 2 GPUs of 2xh100-sxm: link 450 GB/s makes the 160 all-reduces per token cost"),
+        "{reasons}"
+    );
+    assert!(reasons.contains("the best pipeline would be"), "{reasons}");
+
+    // The same GPUs as two machines over 10 GbE: a pipeline, slower, and no tensor parallelism.
+    let (ok, stdout, stderr) = hearth(&[
+        "plan",
+        "--shape",
+        "llama3-70b",
+        "--quant",
+        report["quantization"]["chosen"].as_str().unwrap(),
+        "--hardware",
+        "h100-sxm,h100-sxm",
+        "--ctx",
+        "4096",
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let separate: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(separate["plan"]["placement"]["kind"], "pipeline", "{stdout}");
+    assert_eq!(separate["hosts"], serde_json::json!([]));
+    assert!(!separate["reasons"].to_string().contains("tensor parallel"));
+    let pipeline = separate["plan"]["prediction"]["tokens_per_second"].as_f64().unwrap();
+    assert!(tensor_parallel > pipeline, "{tensor_parallel} vs {pipeline}");
+
+    // The table shows the ranks and the collectives.
+    let (ok, text, stderr) = hearth(&["plan", "--shape", "llama3-70b", "--hardware", "2xh100-sxm", "--ctx", "4096"]);
+    assert!(ok, "{stderr}");
+    assert!(text.contains("host        2xh100-sxm: h100-sxm#1, h100-sxm#2 on one machine, joined at 450 GB/s"), "{text}");
+    assert!(text.contains("placement   tensor parallel x2"), "{text}");
+    assert!(text.contains("all-reduces          160/token"), "{text}");
+    assert!(text.contains("why         no single node holds the model"), "{text}");
+}
+
+#[test]
+fn a_tiny_model_on_two_nvlinked_gpus_refuses_tensor_parallelism() {
+    let model = golden_llama();
+    let (ok, stdout, stderr) = hearth(&["plan", "--model", &model, "--hardware", "2xh100-sxm", "--json"]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["plan"]["placement"]["kind"], "single_node", "{stdout}");
+    let reasons = report["reasons"].to_string();
+    assert!(reasons.contains("refused tensor parallel over 2 GPUs of 2xh100-sxm"), "{reasons}");
 }
 
 #[test]

@@ -1,16 +1,24 @@
-//! What the planner places a model on: nodes (memory, memory bandwidth, compute) and the links
-//! between them.
+//! What the planner places a model on: nodes (memory, memory bandwidth, compute), the links
+//! between them, and hosts (GPUs of one machine joined by an interconnect).
 //!
-//! Owns: [`NodeId`], [`NodeSpec`], [`Link`], [`Cluster`] and their validation. Does not own
-//! where the numbers come from (the hardware table, a measurement, discovery: the caller).
+//! Owns: [`NodeId`], [`NodeSpec`], [`Link`], [`Host`], [`Cluster`] and their validation, and
+//! the rule for when tensor parallelism is considered ([`Host::allows_tensor_parallel`]).
+//! Does not own where the numbers come from (the hardware table, a measurement, discovery: the
+//! caller).
 //!
 //! Invariants (checked by [`Cluster::validate`]): 1..=[`MAX_NODES`] nodes with unique names;
 //! every memory size positive, every bandwidth, compute rate and latency finite, bandwidths and
-//! compute positive; per-pair links name two different existing nodes, at most once per pair.
+//! compute positive; per-pair links name two different existing nodes, at most once per pair;
+//! a host names existing nodes, each at most once, and no node belongs to two hosts.
 
 use serde::Serialize;
 
 use crate::error::{PlanError, Result};
+
+/// Least interconnect bandwidth over which tensor parallelism is considered: 25 GB/s, what
+/// PCIe 4.0 x16 with peer-to-peer access delivers. Below it (GeForce cards, whose collectives
+/// bounce through host memory; any network) only pipeline stages are planned.
+pub const TENSOR_PARALLEL_MIN_LINK_BANDWIDTH: f64 = 25e9;
 
 /// Most nodes one plan considers (the search is `O(orders × nodes² × layers²)`).
 pub const MAX_NODES: usize = 64;
@@ -50,6 +58,42 @@ impl Link {
         bandwidth_bytes_per_s: 9.4e9 / 8.0,
     };
 
+    /// NVLink 4 (H100/H200 SXM, NVSwitch): 450 GB/s per direction per GPU, and 10 µs for the
+    /// smallest collective through NCCL (kernel launch and synchronisation), used as the
+    /// per-collective latency of tensor parallelism.
+    pub const NVLINK_4: Link = Link {
+        latency_s: 10e-6,
+        bandwidth_bytes_per_s: 450e9,
+    };
+
+    /// NVLink 3 (A100 SXM, NVSwitch): 300 GB/s per direction per GPU, 10 µs per collective.
+    pub const NVLINK_3: Link = Link {
+        latency_s: 10e-6,
+        bandwidth_bytes_per_s: 300e9,
+    };
+
+    /// PCIe 5.0 x16 with peer-to-peer access (H100 PCIe): ~50 GB/s achieved of 64 GB/s, and
+    /// 15 µs per collective.
+    pub const PCIE_5_X16: Link = Link {
+        latency_s: 15e-6,
+        bandwidth_bytes_per_s: 50e9,
+    };
+
+    /// PCIe 4.0 x16 with peer-to-peer access (L4, L40S): ~25 GB/s achieved of 32 GB/s, and
+    /// 15 µs per collective.
+    pub const PCIE_4_X16: Link = Link {
+        latency_s: 15e-6,
+        bandwidth_bytes_per_s: 25e9,
+    };
+
+    /// GeForce cards in one machine: peer-to-peer access is disabled, so collectives copy
+    /// through host memory: ~12 GB/s and 25 µs per collective (below
+    /// [`TENSOR_PARALLEL_MIN_LINK_BANDWIDTH`]).
+    pub const PCIE_THROUGH_HOST_MEMORY: Link = Link {
+        latency_s: 25e-6,
+        bandwidth_bytes_per_s: 12e9,
+    };
+
     /// Seconds to move `num_bytes` over this link.
     pub fn transfer_seconds(&self, num_bytes: f64) -> f64 {
         self.latency_s + num_bytes / self.bandwidth_bytes_per_s
@@ -80,13 +124,37 @@ pub struct PairLink {
     pub link: Link,
 }
 
+/// GPUs of one machine, joined by an interconnect (NVLink, PCIe): the only place tensor
+/// parallelism is considered.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Host {
+    pub name: String,
+    /// The host's GPUs, in rank order.
+    pub nodes: Vec<NodeId>,
+    /// Between any two of `nodes`, unless a [`PairLink`] names the pair; also the link
+    /// tensor parallelism's collectives run over.
+    pub interconnect: Link,
+}
+
+impl Host {
+    /// The rule for tensor parallelism: at least two GPUs of this one host, and an interconnect
+    /// of at least [`TENSOR_PARALLEL_MIN_LINK_BANDWIDTH`]. Nodes not declared as one host (two
+    /// machines, whatever the network) are only ever pipeline stages.
+    pub fn allows_tensor_parallel(&self) -> bool {
+        self.nodes.len() >= 2
+            && self.interconnect.bandwidth_bytes_per_s >= TENSOR_PARALLEL_MIN_LINK_BANDWIDTH
+    }
+}
+
 /// The nodes and the network between them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Cluster {
     pub nodes: Vec<NodeSpec>,
-    /// Link between any two nodes without a [`PairLink`].
+    /// Link between any two nodes without a [`PairLink`] and not of one [`Host`].
     pub default_link: Link,
     pub links: Vec<PairLink>,
+    /// Groups of nodes that are GPUs of one machine (empty: every node is its own machine).
+    pub hosts: Vec<Host>,
 }
 
 impl Cluster {
@@ -96,7 +164,13 @@ impl Cluster {
             nodes,
             default_link,
             links: Vec::new(),
+            hosts: Vec::new(),
         }
+    }
+
+    /// The host `node` belongs to, if any.
+    pub fn host_of(&self, node: NodeId) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.nodes.contains(&node))
     }
 
     /// The node `id` (an id from [`Cluster::node_ids`]; panics on an id past the last node).
@@ -108,12 +182,20 @@ impl Cluster {
         (0..self.nodes.len()).map(NodeId)
     }
 
-    /// The link between `a` and `b` (symmetric).
+    /// The link between `a` and `b` (symmetric): a [`PairLink`] naming them, else their host's
+    /// interconnect when both are GPUs of one host, else the default.
     pub fn link(&self, a: NodeId, b: NodeId) -> Link {
-        self.links
+        if let Some(pair) = self
+            .links
             .iter()
             .find(|l| (l.a == a && l.b == b) || (l.a == b && l.b == a))
-            .map_or(self.default_link, |l| l.link)
+        {
+            return pair.link;
+        }
+        match self.host_of(a) {
+            Some(host) if host.nodes.contains(&b) => host.interconnect,
+            _ => self.default_link,
+        }
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -186,6 +268,30 @@ impl Cluster {
                 });
             }
             pair.link.validate(&what)?;
+        }
+        for (idx, host) in self.hosts.iter().enumerate() {
+            let bad = |reason: String| {
+                Err(PlanError::InvalidHost {
+                    host: host.name.clone(),
+                    reason,
+                })
+            };
+            for (pos, node) in host.nodes.iter().enumerate() {
+                if node.0 >= self.nodes.len() {
+                    return bad(format!("names node {} of {}", node.0, self.nodes.len()));
+                }
+                if host.nodes[..pos].contains(node) {
+                    return bad(format!("names `{}` twice", self.nodes[node.0].name));
+                }
+                if self.hosts[..idx].iter().any(|h| h.nodes.contains(node)) {
+                    return bad(format!(
+                        "`{}` is in another host too",
+                        self.nodes[node.0].name
+                    ));
+                }
+            }
+            host.interconnect
+                .validate(&format!("of host {}", host.name))?;
         }
         Ok(())
     }

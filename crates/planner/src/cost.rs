@@ -18,12 +18,28 @@
 //! - hop = link latency + bytes ÷ link bandwidth; decode sends one token's hidden state in BF16
 //!   between stages, and the sampled token id (4 bytes) from the last stage back to the first
 //!   (a pipeline is a ring: the first node serves the API and embeds the next token).
+//!
+//! Tensor parallelism over `N` GPUs of one host (Megatron-style: attention heads, KV heads and
+//! MLP columns/rows split `N` ways, the vocabulary projection split, embeddings and norms
+//! replicated):
+//! - rank memory = ⌈layer bytes ÷ N⌉ + the embedding table + ⌈head ÷ N⌉ (nothing more when tied:
+//!   the replicated embedding table is the head) + `other` + ⌈KV for `context_tokens ×
+//!   concurrent_sequences` tokens of all layers ÷ N⌉; it must fit each rank's usable memory.
+//! - decode seconds = max over ranks of ((layer bytes + KV of `prompt_tokens` + head as read) ÷ N
+//!   ÷ the rank's bandwidth) + [`ALL_REDUCES_PER_LAYER`] × layers × one all-reduce of a BF16
+//!   hidden-state row.
+//! - all-reduce of `B` bytes over `N` ranks (ring) = 2 × (N − 1) ÷ N × B ÷ interconnect
+//!   bandwidth + the interconnect's latency, taken as the per-collective latency (10 µs for
+//!   NVLink: [`crate::Link::NVLINK_4`]). The gather of the vocabulary-split logits (one more
+//!   collective per token, against 2 × layers) is not counted.
+//! - time to first token = max over ranks of (prompt FLOPs ÷ N ÷ compute, prompt bytes ÷ N ÷
+//!   bandwidth) + 2 × layers all-reduces of the prompt's hidden states (`prompt_tokens` rows).
 
 use std::ops::Range;
 
 use serde::Serialize;
 
-use crate::cluster::{Cluster, NodeId};
+use crate::cluster::{Cluster, Link, NodeId};
 use crate::error::{PlanError, Result};
 use crate::model::ModelShape;
 
@@ -36,6 +52,10 @@ pub const ACTIVATION_BYTES_PER_ELEMENT: u64 = 2;
 
 /// Bytes of a sampled token id sent back to the first stage.
 pub const TOKEN_ID_BYTES: u64 = 4;
+
+/// All-reduces per layer under tensor parallelism: one after attention's output projection,
+/// one after the MLP's down projection.
+pub const ALL_REDUCES_PER_LAYER: usize = 2;
 
 /// What the model must serve, beyond its weights.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -198,6 +218,13 @@ impl<'a> CostModel<'a> {
         prompt_tokens: usize,
     ) -> f64 {
         let spec = self.cluster.node(node);
+        let (flops, bytes) = self.prefill_flops_and_bytes(layers, prompt_tokens);
+        (flops / spec.flops_per_s).max(bytes / spec.bandwidth_bytes_per_s)
+    }
+
+    /// FLOPs and bytes read of a `prompt_tokens` prompt through `layers` (and the head when
+    /// they end at the last layer).
+    fn prefill_flops_and_bytes(&self, layers: &Range<usize>, prompt_tokens: usize) -> (f64, f64) {
         let tokens = prompt_tokens as f64;
         let mut flops = 2.0 * self.layer_params(layers) as f64 * tokens
             + 2.0
@@ -212,7 +239,92 @@ impl<'a> CostModel<'a> {
             flops += 2.0 * head.num_params as f64;
             bytes += head.num_bytes as f64;
         }
-        (flops / spec.flops_per_s).max(bytes / spec.bandwidth_bytes_per_s)
+        (flops, bytes)
+    }
+
+    /// Memory one rank of `num_ranks`-way tensor parallelism holds (module comment).
+    pub fn tensor_parallel_rank_memory_bytes(&self, num_ranks: usize) -> u64 {
+        let ranks = num_ranks.max(1) as u128;
+        let model = self.model;
+        let all = 0..self.num_layers();
+        let kv_tokens = self
+            .options
+            .context_tokens
+            .saturating_mul(self.options.concurrent_sequences);
+        let head_share = model
+            .head
+            .map_or(0, |h| (h.num_bytes as u128).div_ceil(ranks));
+        clamp_u64(
+            self.layer_bytes(&all).div_ceil(ranks)
+                + model.embedding.num_bytes as u128
+                + head_share
+                + model.other.num_bytes as u128
+                + self.kv_bytes(all.len(), kv_tokens).div_ceil(ranks),
+        )
+    }
+
+    /// Seconds one rank on `node` spends reading its share per generated token (collectives
+    /// not included).
+    pub fn tensor_parallel_rank_decode_seconds(&self, node: NodeId, num_ranks: usize) -> f64 {
+        let all = 0..self.num_layers();
+        self.stage_decode_bytes(&all)
+            / num_ranks.max(1) as f64
+            / self.cluster.node(node).bandwidth_bytes_per_s
+    }
+
+    /// Seconds one rank on `node` spends computing its share of a `prompt_tokens` prompt
+    /// (collectives not included).
+    pub fn tensor_parallel_rank_prefill_seconds(
+        &self,
+        node: NodeId,
+        num_ranks: usize,
+        prompt_tokens: usize,
+    ) -> f64 {
+        let spec = self.cluster.node(node);
+        let ranks = num_ranks.max(1) as f64;
+        let (flops, bytes) = self.prefill_flops_and_bytes(&(0..self.num_layers()), prompt_tokens);
+        (flops / ranks / spec.flops_per_s).max(bytes / ranks / spec.bandwidth_bytes_per_s)
+    }
+
+    /// All-reduces per generated token: [`ALL_REDUCES_PER_LAYER`] × layers.
+    pub fn all_reduces_per_token(&self) -> usize {
+        ALL_REDUCES_PER_LAYER * self.num_layers()
+    }
+
+    /// Seconds per generated token spent in collectives: [`Self::all_reduces_per_token`]
+    /// all-reduces of one BF16 hidden-state row over `interconnect`.
+    pub fn tensor_parallel_link_seconds_per_token(
+        &self,
+        interconnect: Link,
+        num_ranks: usize,
+    ) -> f64 {
+        let row_bytes = (self.model.hidden_size * ACTIVATION_BYTES_PER_ELEMENT) as f64;
+        self.all_reduces_per_token() as f64 * all_reduce_seconds(interconnect, num_ranks, row_bytes)
+    }
+
+    /// Seconds per generated token of tensor parallelism over `ranks`: the slowest rank's read
+    /// plus the collectives.
+    pub fn tensor_parallel_decode_seconds(&self, ranks: &[NodeId], interconnect: Link) -> f64 {
+        let slowest = ranks
+            .iter()
+            .map(|&node| self.tensor_parallel_rank_decode_seconds(node, ranks.len()))
+            .fold(0.0, f64::max);
+        slowest + self.tensor_parallel_link_seconds_per_token(interconnect, ranks.len())
+    }
+
+    /// Time to first token of tensor parallelism over `ranks`: the slowest rank's share of the
+    /// prompt plus the collectives over the prompt's hidden states.
+    pub fn tensor_parallel_ttft_seconds(&self, ranks: &[NodeId], interconnect: Link) -> f64 {
+        let prompt = self.options.prompt_tokens;
+        let slowest = ranks
+            .iter()
+            .map(|&node| self.tensor_parallel_rank_prefill_seconds(node, ranks.len(), prompt))
+            .fold(0.0, f64::max);
+        let rows_bytes =
+            (self.model.hidden_size * ACTIVATION_BYTES_PER_ELEMENT) as f64 * prompt as f64;
+        slowest
+            + self.all_reduces_per_token() as f64
+                * all_reduce_seconds(interconnect, ranks.len(), rows_bytes)
     }
 
     /// One token's hidden state from `from` to `to`.
@@ -277,4 +389,16 @@ impl<'a> CostModel<'a> {
         };
         compute + hops + back
     }
+}
+
+/// One ring all-reduce of `num_bytes` over `num_ranks` ranks joined by `interconnect`:
+/// 2 × (N − 1) ÷ N × bytes ÷ bandwidth, plus the interconnect's latency per collective.
+/// Zero for one rank (nothing to reduce).
+pub fn all_reduce_seconds(interconnect: Link, num_ranks: usize, num_bytes: f64) -> f64 {
+    if num_ranks < 2 {
+        return 0.0;
+    }
+    let ranks = num_ranks as f64;
+    2.0 * (ranks - 1.0) / ranks * num_bytes / interconnect.bandwidth_bytes_per_s
+        + interconnect.latency_s
 }

@@ -20,6 +20,9 @@ pub enum PlanError {
     #[error("link {link}: {reason}")]
     InvalidLink { link: String, reason: String },
 
+    #[error("host `{host}`: {reason}")]
+    InvalidHost { host: String, reason: String },
+
     #[error("plan options: {0}")]
     InvalidOptions(String),
 

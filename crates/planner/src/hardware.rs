@@ -1,8 +1,16 @@
 //! A small table of common machines and accelerators, so `hearth plan --hardware m3-ultra-512gb`
 //! can answer before anyone owns the hardware.
 //!
-//! Owns: [`HardwareSpec`], the table ([`HARDWARE`]), name lookup and `--hardware` lists
-//! (`a,b,2xc`). Does not own measured numbers (the CLI measures "this machine").
+//! Owns: [`HardwareSpec`], the table ([`HARDWARE`]), name lookup, `--hardware` lists
+//! (`a,b,2xc`) and how GPUs of one machine are joined ([`HardwareSpec::gpu_interconnect`]): in a
+//! list, `Nx<NVIDIA part>` with N ≥ 2 is one machine with N GPUs ([`parse_hardware_cluster`]),
+//! separate entries are separate machines. Does not own measured numbers (the CLI measures
+//! "this machine").
+//!
+//! Interconnects: NVLink 4 on H100 SXM and H200 (900 GB/s bidirectional, 450 GB/s each way),
+//! NVLink 3 on A100 SXM (300 GB/s each way), PCIe 5.0 x16 with peer-to-peer on H100 PCIe,
+//! PCIe 4.0 x16 with peer-to-peer on L4 and L40S; GeForce cards have peer-to-peer disabled, so
+//! their collectives go through host memory (NVLink bridges on RTX 3090 are not assumed).
 //!
 //! Sources, by kind:
 //! - NVIDIA: the product datasheets (A100, H100, H200, L4, L40S) and the Ampere GA102, Ada
@@ -21,7 +29,7 @@
 
 use serde::Serialize;
 
-use crate::cluster::NodeSpec;
+use crate::cluster::{Cluster, Host, Link, NodeId, NodeSpec};
 use crate::error::{PlanError, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -47,6 +55,21 @@ impl HardwareSpec {
             bandwidth_bytes_per_s: self.bandwidth_gb_per_s * 1e9,
             flops_per_s: self.tflops * 1e12,
             power_watts: Some(self.power_watts),
+        }
+    }
+}
+
+impl HardwareSpec {
+    /// How several of this part in one machine are joined, or `None` for a part that is a whole
+    /// machine (Apple Silicon).
+    pub fn gpu_interconnect(&self) -> Option<Link> {
+        match self.name {
+            "h100-sxm" | "h200" => Some(Link::NVLINK_4),
+            "a100-40gb" | "a100-80gb" => Some(Link::NVLINK_3),
+            "h100-pcie" => Some(Link::PCIE_5_X16),
+            "l4" | "l40s" => Some(Link::PCIE_4_X16),
+            "rtx-3090" | "rtx-4090" | "rtx-5090" => Some(Link::PCIE_THROUGH_HOST_MEMORY),
+            _ => None,
         }
     }
 }
@@ -434,7 +457,44 @@ pub const MAX_REPEAT: usize = 64;
 /// Nodes for `a,b,2xc`: each entry a table name, optionally `Nx`-prefixed; a name that occurs
 /// more than once (by repetition or by count) is numbered `name#1`, `name#2`, ….
 pub fn parse_hardware_list(list: &str) -> Result<Vec<NodeSpec>> {
-    let mut entries: Vec<&'static HardwareSpec> = Vec::new();
+    let entries = parse_entries(list)?;
+    Ok(name_nodes(&entries))
+}
+
+/// A cluster for `a,b,2xc`: the nodes of [`parse_hardware_list`], `default_link` between
+/// machines, and one [`Host`] per `Nx` entry (N ≥ 2) of a part with a GPU interconnect
+/// ([`HardwareSpec::gpu_interconnect`]), named after the entry (`2xh100-sxm`, then
+/// `2xh100-sxm#2` if repeated).
+pub fn parse_hardware_cluster(list: &str, default_link: Link) -> Result<Cluster> {
+    let entries = parse_entries(list)?;
+    let mut cluster = Cluster::new(name_nodes(&entries), default_link);
+    let mut first_node = 0;
+    for &(count, spec) in &entries {
+        if let Some(interconnect) = spec.gpu_interconnect().filter(|_| count >= 2) {
+            let entry_name = format!("{count}x{}", spec.name);
+            let repeats = cluster
+                .hosts
+                .iter()
+                .filter(|h| h.name == entry_name || h.name.starts_with(&format!("{entry_name}#")))
+                .count();
+            cluster.hosts.push(Host {
+                name: if repeats == 0 {
+                    entry_name
+                } else {
+                    format!("{entry_name}#{}", repeats + 1)
+                },
+                nodes: (first_node..first_node + count).map(NodeId).collect(),
+                interconnect,
+            });
+        }
+        first_node += count;
+    }
+    Ok(cluster)
+}
+
+/// `(count, part)` per entry of a `--hardware` list.
+fn parse_entries(list: &str) -> Result<Vec<(usize, &'static HardwareSpec)>> {
+    let mut entries = Vec::new();
     for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let (count, name) = match entry.split_once(['x', 'X']) {
             Some((count, name))
@@ -460,7 +520,7 @@ pub fn parse_hardware_list(list: &str) -> Result<Vec<NodeSpec>> {
             name: name.to_string(),
             known: known_names(),
         })?;
-        entries.extend(std::iter::repeat_n(spec, count));
+        entries.push((count, spec));
     }
     if entries.is_empty() {
         return Err(PlanError::Parse {
@@ -469,11 +529,20 @@ pub fn parse_hardware_list(list: &str) -> Result<Vec<NodeSpec>> {
             reason: "no hardware named".into(),
         });
     }
+    Ok(entries)
+}
+
+/// One node per machine of `entries`, numbered where a part occurs more than once.
+fn name_nodes(entries: &[(usize, &'static HardwareSpec)]) -> Vec<NodeSpec> {
+    let parts: Vec<&'static HardwareSpec> = entries
+        .iter()
+        .flat_map(|&(count, spec)| std::iter::repeat_n(spec, count))
+        .collect();
     let mut seen: Vec<(&str, usize)> = Vec::new();
-    let nodes = entries
+    parts
         .iter()
         .map(|spec| {
-            let total = entries.iter().filter(|s| s.name == spec.name).count();
+            let total = parts.iter().filter(|s| s.name == spec.name).count();
             let name = if total == 1 {
                 spec.name.to_string()
             } else {
@@ -491,8 +560,7 @@ pub fn parse_hardware_list(list: &str) -> Result<Vec<NodeSpec>> {
             };
             spec.node(name)
         })
-        .collect();
-    Ok(nodes)
+        .collect()
 }
 
 #[cfg(test)]
@@ -541,6 +609,47 @@ mod tests {
         );
         assert_eq!(nodes[2].memory_bytes, 24 << 30);
         assert_eq!(nodes[2].bandwidth_bytes_per_s, 1008e9);
+    }
+
+    #[test]
+    fn repeated_gpus_are_one_host_and_macs_are_machines() {
+        let cluster = parse_hardware_cluster(
+            "2xh100-sxm,m3-ultra-512gb,2xm3-ultra-512gb,2xh100-sxm,2xrtx-4090",
+            Link::TEN_GIGABIT_ETHERNET,
+        )
+        .unwrap();
+        cluster.validate().unwrap();
+        let hosts: Vec<(&str, Vec<usize>)> = cluster
+            .hosts
+            .iter()
+            .map(|h| (h.name.as_str(), h.nodes.iter().map(|n| n.0).collect()))
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                ("2xh100-sxm", vec![0, 1]),
+                ("2xh100-sxm#2", vec![5, 6]),
+                ("2xrtx-4090", vec![7, 8])
+            ]
+        );
+        assert_eq!(cluster.link(NodeId(0), NodeId(1)), Link::NVLINK_4);
+        assert_eq!(
+            cluster.link(NodeId(1), NodeId(5)),
+            Link::TEN_GIGABIT_ETHERNET
+        );
+        assert_eq!(
+            cluster.link(NodeId(3), NodeId(4)),
+            Link::TEN_GIGABIT_ETHERNET
+        );
+        assert!(cluster.hosts[0].allows_tensor_parallel());
+        assert!(
+            !cluster.hosts[2].allows_tensor_parallel(),
+            "GeForce collectives go through host memory"
+        );
+        for spec in HARDWARE {
+            let is_apple = spec.name.starts_with('m') && spec.name.as_bytes()[1].is_ascii_digit();
+            assert_eq!(spec.gpu_interconnect().is_none(), is_apple, "{}", spec.name);
+        }
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! what-ifs (`quant`) or any cost formula (`cost`).
 //!
 //! Invariants (checked by [`ModelShape::validate`]): 1..=[`MAX_LAYERS`] layers; hidden size,
-//! attention width and KV bytes per token positive; a layer's bytes are its stored size.
+//! attention width, KV bytes per token and both head counts positive; the attention heads are a
+//! multiple of the KV heads; a layer's bytes are its stored size.
 
 use serde::Serialize;
 
@@ -50,6 +51,11 @@ pub struct ModelShape {
     pub attention_width: u64,
     /// Bytes of K and V one token adds to one layer (`2 * num_kv_heads * head_dim * element`).
     pub kv_bytes_per_token_per_layer: u64,
+    /// Query heads per layer: tensor parallelism gives each rank a whole number of them.
+    pub num_attention_heads: u64,
+    /// Key/value heads per layer (fewer than the query heads with grouped-query attention):
+    /// tensor parallelism gives each rank a whole number of them too.
+    pub num_kv_heads: u64,
 }
 
 /// What a tensor is, decided by the caller from its name.
@@ -78,6 +84,8 @@ pub struct ShapeDims {
     pub hidden_size: u64,
     pub attention_width: u64,
     pub kv_bytes_per_token_per_layer: u64,
+    pub num_attention_heads: u64,
+    pub num_kv_heads: u64,
 }
 
 impl ModelShape {
@@ -137,6 +145,8 @@ impl ModelShape {
             hidden_size: dims.hidden_size,
             attention_width: dims.attention_width,
             kv_bytes_per_token_per_layer: dims.kv_bytes_per_token_per_layer,
+            num_attention_heads: dims.num_attention_heads,
+            num_kv_heads: dims.num_kv_heads,
         };
         shape.validate()?;
         Ok(shape)
@@ -204,6 +214,16 @@ impl ModelShape {
         if self.kv_bytes_per_token_per_layer == 0 {
             return bad("KV bytes per token must be positive".into());
         }
+        if self.num_attention_heads == 0
+            || self.num_kv_heads == 0
+            || self.num_attention_heads % self.num_kv_heads != 0
+        {
+            return bad(format!(
+                "{} attention heads and {} KV heads: both must be positive, the first a multiple \
+                 of the second",
+                self.num_attention_heads, self.num_kv_heads
+            ));
+        }
         Ok(())
     }
 }
@@ -219,6 +239,8 @@ mod tests {
             hidden_size: 64,
             attention_width: 64,
             kv_bytes_per_token_per_layer: 128,
+            num_attention_heads: 4,
+            num_kv_heads: 2,
         }
     }
 

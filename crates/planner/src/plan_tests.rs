@@ -3,7 +3,7 @@
 
 use crate::cluster::{Cluster, Link, NodeId, PairLink};
 use crate::cost::{CostModel, PlanOptions};
-use crate::hardware::{lookup, parse_hardware_list};
+use crate::hardware::{lookup, parse_hardware_cluster, parse_hardware_list};
 use crate::model::{ModelShape, WeightBlock};
 use crate::plan::{evaluate_placement, plan, Placement, PlanNote};
 use crate::prefill_split::{best_prefill_split, decide_prefill_split, SplitOutcome};
@@ -73,6 +73,8 @@ pub(crate) fn llama(name: &str, dims: &LlamaDims, bits: f64) -> ModelShape {
         hidden_size: dims.hidden,
         attention_width: q,
         kv_bytes_per_token_per_layer: 2 * kv * 2,
+        num_attention_heads: dims.num_heads,
+        num_kv_heads: dims.num_kv_heads,
     }
 }
 
@@ -481,13 +483,254 @@ fn a_placement_given_by_hand_is_predicted_with_the_planners_formulas_even_when_s
     let options = PlanOptions::default();
     let chosen = plan(&model, &cluster, &options).unwrap();
     let single = evaluate_placement(&model, &cluster, &options, &[(NodeId(0), 0..32)]).unwrap();
-    assert!((single.prediction.tokens_per_second - chosen.prediction.tokens_per_second).abs() < 1e-9 * chosen.prediction.tokens_per_second);
-    let split = evaluate_placement(&model, &cluster, &options, &[(NodeId(0), 0..16), (NodeId(1), 16..32)]).unwrap();
+    assert!(
+        (single.prediction.tokens_per_second - chosen.prediction.tokens_per_second).abs()
+            < 1e-9 * chosen.prediction.tokens_per_second
+    );
+    let split = evaluate_placement(
+        &model,
+        &cluster,
+        &options,
+        &[(NodeId(0), 0..16), (NodeId(1), 16..32)],
+    )
+    .unwrap();
     assert_eq!(split.placement.stages().len(), 2);
     assert!(split.prediction.link_seconds_per_token > 0.0);
-    assert!(split.prediction.tokens_per_second < single.prediction.tokens_per_second, "the hops cost time");
-    let gap = evaluate_placement(&model, &cluster, &options, &[(NodeId(0), 0..10), (NodeId(1), 12..32)]).unwrap_err();
+    assert!(
+        split.prediction.tokens_per_second < single.prediction.tokens_per_second,
+        "the hops cost time"
+    );
+    let gap = evaluate_placement(
+        &model,
+        &cluster,
+        &options,
+        &[(NodeId(0), 0..10), (NodeId(1), 12..32)],
+    )
+    .unwrap_err();
     assert!(gap.to_string().contains("contiguously"), "{gap}");
-    let unknown = evaluate_placement(&model, &cluster, &options, &[(NodeId(2), 0..32)]).unwrap_err();
-    assert!(unknown.to_string().contains("node 2 does not exist"), "{unknown}");
+    let unknown =
+        evaluate_placement(&model, &cluster, &options, &[(NodeId(2), 0..32)]).unwrap_err();
+    assert!(
+        unknown.to_string().contains("node 2 does not exist"),
+        "{unknown}"
+    );
+}
+
+/// Llama-3-8B in BF16, by hand: a layer is 4096 × (2 × 4096 + 2 × 1024) + 3 × 4096 × 14336
+/// + 2 × 4096 = 218,112,000 parameters (436,224,000 bytes; 13,959,168,000 for 32 layers); the
+/// head 128,256 × 4096 × 2 = 1,050,673,152 bytes; KV 2 × 1024 × 2 = 4096 bytes per token per
+/// layer, 67,108,864 bytes for 512 tokens of 32 layers. Decode reads 15,076,950,016 bytes.
+const LLAMA3_8B_BF16_DECODE_BYTES: f64 = 15_076_950_016.0;
+
+#[test]
+fn tensor_parallel_over_nvlink_beats_one_gpu_and_a_pipeline() {
+    let model = llama("llama3-8b", &LLAMA3_8B, 16.0);
+    let cluster = parse_hardware_cluster("2xh100-sxm", Link::TEN_GIGABIT_ETHERNET).unwrap();
+    let options = PlanOptions::default();
+    let plan = plan(&model, &cluster, &options).unwrap();
+    let Placement::TensorParallel {
+        host,
+        ranks,
+        interconnect,
+        all_reduces_per_token,
+    } = &plan.placement
+    else {
+        panic!("expected tensor parallelism: {plan:#?}")
+    };
+    assert_eq!(host, "2xh100-sxm");
+    assert_eq!(*interconnect, Link::NVLINK_4);
+    assert_eq!(*all_reduces_per_token, 64);
+    let names: Vec<&str> = ranks.iter().map(|r| r.node_name.as_str()).collect();
+    assert_eq!(names, ["h100-sxm#1", "h100-sxm#2"]);
+    assert!(ranks
+        .iter()
+        .all(|r| r.attention_heads == 16 && r.kv_heads == 4));
+    // Each rank: half the layers, the whole embedding table, half the head, the final norm,
+    // half the KV of 4096 tokens (4096 × 32 × 4096 bytes).
+    let rank_memory =
+        13_959_168_000 / 2 + 1_050_673_152 + 1_050_673_152 / 2 + 2 * 4096 + 4096 * 32 * 4096 / 2;
+    assert!(
+        ranks.iter().all(|r| r.memory_bytes == rank_memory),
+        "{ranks:#?}"
+    );
+    // One GPU: 15.08 GB ÷ 3.35 TB/s = 4.50 ms (222 tok/s). Two ranks: 2.25 ms each, plus 64
+    // all-reduces of a 8 KiB row: 2 × ½ × 8192 B ÷ 450 GB/s + 10 µs = 10.02 µs each, 0.64 ms in
+    // all: 2.89 ms (346 tok/s).
+    let single_seconds = LLAMA3_8B_BF16_DECODE_BYTES / 3350e9;
+    let all_reduce = 2.0 * 0.5 * 8192.0 / 450e9 + 10e-6;
+    let expected = LLAMA3_8B_BF16_DECODE_BYTES / 2.0 / 3350e9 + 64.0 * all_reduce;
+    let predicted = plan.prediction.seconds_per_token;
+    assert!(
+        (predicted - expected).abs() < 1e-9 * expected,
+        "{predicted} vs {expected}"
+    );
+    assert!(
+        (plan.prediction.tokens_per_second - 345.8).abs() < 0.1,
+        "{plan:#?}"
+    );
+    assert!((plan.prediction.link_seconds_per_token - 64.0 * all_reduce).abs() < 1e-15);
+    assert!(predicted < single_seconds);
+    // Prompt: 512 tokens through half of every layer on each rank (compute-bound), plus 64
+    // all-reduces of 512 rows.
+    let params = 32.0 * 218_112_000.0;
+    let flops = 2.0 * params * 512.0 + 2.0 * 512.0 * 513.0 * 4096.0 * 32.0 + 2.0 * 525_336_576.0;
+    let prompt_all_reduce = 2.0 * 0.5 * 512.0 * 8192.0 / 450e9 + 10e-6;
+    let expected_ttft = flops / 2.0 / 989e12 + 64.0 * prompt_all_reduce;
+    let ttft = plan.prediction.ttft_seconds;
+    assert!(
+        (ttft - expected_ttft).abs() < 1e-9 * expected_ttft,
+        "{ttft} vs {expected_ttft}"
+    );
+    // The pipeline over the same two GPUs reads the same bytes in turn: slower than one GPU.
+    let text = notes(&plan).join("\n");
+    assert!(
+        text.starts_with(
+            "tensor parallel over 2 GPUs of 2xh100-sxm: link 450 GB/s makes the 64 all-reduces \
+             per token cost 0.64 ms; predicted 345.8 tok/s > 222.2 tok/s on h100-sxm#1 alone; \
+             the best pipeline would be"
+        ),
+        "{text}"
+    );
+    let pipeline_seconds = single_seconds + 2.0 * Link::NVLINK_4.latency_s;
+    assert!(pipeline_seconds > single_seconds && predicted < pipeline_seconds);
+}
+
+#[test]
+fn two_machines_over_ten_gigabit_ethernet_get_no_tensor_parallelism() {
+    let model = llama("llama3-8b", &LLAMA3_8B, 16.0);
+    // Separate entries are separate machines: no host, only pipelines between them.
+    let cluster = parse_hardware_cluster("h100-sxm,h100-sxm", Link::TEN_GIGABIT_ETHERNET).unwrap();
+    assert!(cluster.hosts.is_empty());
+    let plan = plan(&model, &cluster, &PlanOptions::default()).unwrap();
+    assert!(
+        matches!(plan.placement, Placement::SingleNode { .. }),
+        "{plan:#?}"
+    );
+    let text = notes(&plan).join("\n");
+    assert!(!text.contains("tensor parallel"), "{text}");
+    // Even declared as one host, a 10 GbE "interconnect" is below the rule's 25 GB/s.
+    let mut slow = cluster.clone();
+    slow.hosts.push(crate::Host {
+        name: "slow".into(),
+        nodes: vec![NodeId(0), NodeId(1)],
+        interconnect: Link::TEN_GIGABIT_ETHERNET,
+    });
+    let plan = plan_of(&model, &slow);
+    assert!(
+        matches!(plan.placement, Placement::SingleNode { .. }),
+        "{plan:#?}"
+    );
+    assert!(
+        notes(&plan)
+            .iter()
+            .any(|n| n.starts_with("no tensor parallelism on slow: its GPUs are joined at")),
+        "{:?}",
+        notes(&plan)
+    );
+}
+
+fn plan_of(model: &ModelShape, cluster: &Cluster) -> crate::Plan {
+    plan(model, cluster, &PlanOptions::default()).unwrap()
+}
+
+#[test]
+fn heads_that_do_not_divide_limit_the_degree_and_say_so() {
+    let model = llama("llama3-8b", &LLAMA3_8B, 16.0);
+    // 32 attention heads and 8 KV heads: 3 GPUs cannot share them, 2 can.
+    let cluster = parse_hardware_cluster("3xh100-sxm", Link::TEN_GIGABIT_ETHERNET).unwrap();
+    let plan = plan_of(&model, &cluster);
+    let Placement::TensorParallel { ranks, .. } = &plan.placement else {
+        panic!("expected tensor parallelism: {plan:#?}")
+    };
+    assert_eq!(ranks.len(), 2);
+    let text = notes(&plan).join("\n");
+    assert!(text.contains("h100-sxm#3 is not a rank"), "{text}");
+    assert!(
+        text.contains(
+            "32 attention heads and 8 KV heads do not split evenly over the 3 GPUs of 3xh100-sxm"
+        ),
+        "{text}"
+    );
+    // Four GPUs divide both: all four are ranks.
+    let four = parse_hardware_cluster("4xh100-sxm", Link::TEN_GIGABIT_ETHERNET).unwrap();
+    let plan = plan_of(&model, &four);
+    assert_eq!(plan.placement.describe(), "tensor parallel x4");
+}
+
+#[test]
+fn seventy_b_in_bf16_needs_two_gpus_and_tensor_parallelism_beats_the_pipeline() {
+    let model = llama("llama3-70b", &LLAMA3_70B, 16.0);
+    let cluster = parse_hardware_cluster("2xh100-sxm", Link::TEN_GIGABIT_ETHERNET).unwrap();
+    let options = PlanOptions {
+        context_tokens: 2048,
+        ..PlanOptions::default()
+    };
+    let plan = plan(&model, &cluster, &options).unwrap();
+    let Placement::TensorParallel { ranks, .. } = &plan.placement else {
+        panic!("expected tensor parallelism: {plan:#?}")
+    };
+    assert!(ranks
+        .iter()
+        .all(|r| r.memory_bytes <= r.usable_memory_bytes));
+    let text = notes(&plan).join("\n");
+    assert!(text.starts_with("no single node holds the model"), "{text}");
+    assert!(
+        text.contains("(no single GPU holds the model); the best pipeline would be"),
+        "{text}"
+    );
+    // The pipeline reads all 141 GB in turn; tensor parallelism half on each GPU at once.
+    let pipeline_plan = plan_without_hosts(&model, &cluster, &options);
+    assert!(matches!(
+        pipeline_plan.placement,
+        Placement::Pipeline { .. }
+    ));
+    assert!(plan.prediction.tokens_per_second > 1.8 * pipeline_plan.prediction.tokens_per_second);
+}
+
+fn plan_without_hosts(model: &ModelShape, cluster: &Cluster, options: &PlanOptions) -> crate::Plan {
+    let mut separate = cluster.clone();
+    separate.hosts.clear();
+    plan(model, &separate, options).unwrap()
+}
+
+#[test]
+fn a_slower_tensor_parallel_candidate_is_refused_with_both_numbers() {
+    // A tiny model: 64 all-reduces of 10 µs each cost more than half of reading it.
+    let model = llama("llama3.2-1b", &LLAMA32_1B, 4.0);
+    let cluster = parse_hardware_cluster("2xh100-sxm", Link::TEN_GIGABIT_ETHERNET).unwrap();
+    let plan = plan_of(&model, &cluster);
+    assert!(
+        matches!(plan.placement, Placement::SingleNode { .. }),
+        "{plan:#?}"
+    );
+    let text = notes(&plan).join("\n");
+    assert!(
+        text.contains("refused tensor parallel over 2 GPUs of 2xh100-sxm: predicted"),
+        "{text}"
+    );
+    assert!(text.contains("tok/s on h100-sxm#1 alone"), "{text}");
+}
+
+#[test]
+fn hosts_are_validated() {
+    let model = llama("llama3-8b", &LLAMA3_8B, 16.0);
+    let mut cluster = parse_hardware_cluster("2xh100-sxm,l4", Link::TEN_GIGABIT_ETHERNET).unwrap();
+    cluster.hosts.push(crate::Host {
+        name: "other".into(),
+        nodes: vec![NodeId(1), NodeId(2)],
+        interconnect: Link::PCIE_4_X16,
+    });
+    let err = plan(&model, &cluster, &PlanOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("host `other`: `h100-sxm#2` is in another host too"),
+        "{err}"
+    );
+    let mut bad_heads = model.clone();
+    bad_heads.num_kv_heads = 5;
+    let err = plan(&bad_heads, &cluster, &PlanOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("32 attention heads and 5 KV heads"), "{err}");
 }

@@ -6,17 +6,20 @@
 //!   node times recomputed here), and "does not fit" only when nothing does;
 //! - the dynamic program finds the same optimum as brute force over every ordered subset of
 //!   nodes and every contiguous split (small cases);
+//! - tensor-parallel placements: ranks on distinct GPUs of one host whose interconnect allows
+//!   it, a degree dividing the attention and KV heads, each rank within memory (recomputed
+//!   here), and the search's choice equal to brute force over every subset of the host;
 //! - the same input gives the same plan.
 
 use std::ops::Range;
 
 use proptest::prelude::*;
 
-use crate::cluster::{Cluster, Link, NodeId, NodeSpec, PairLink};
-use crate::cost::{CostModel, PlanOptions};
+use crate::cluster::{Cluster, Host, Link, NodeId, NodeSpec, PairLink};
+use crate::cost::{all_reduce_seconds, CostModel, PlanOptions};
 use crate::model::{ModelShape, WeightBlock};
-use crate::plan::{plan, Plan};
-use crate::search::best_pipeline;
+use crate::plan::{plan, Placement, Plan};
+use crate::search::{best_pipeline, best_tensor_parallel};
 use crate::PlanError;
 
 fn arb_block(max_bytes: u64) -> impl Strategy<Value = WeightBlock> {
@@ -39,9 +42,18 @@ fn arb_model(max_layers: usize) -> impl Strategy<Value = ModelShape> {
         prop::option::of(arb_block(200_000)),
         arb_block(1_000),
         (1u64..=64, 1u64..=64, 1u64..=10),
+        // KV heads mostly even, so that two and four ranks often divide them.
+        (prop::sample::select(vec![1u64, 2, 2, 3, 4, 4, 8]), 1u64..=4),
     )
         .prop_map(
-            |(layers, embedding, head, other, (hidden_size, attention_width, kv))| ModelShape {
+            |(
+                layers,
+                embedding,
+                head,
+                other,
+                (hidden_size, attention_width, kv),
+                (num_kv_heads, group),
+            )| ModelShape {
                 name: "random".into(),
                 layers,
                 embedding,
@@ -50,6 +62,8 @@ fn arb_model(max_layers: usize) -> impl Strategy<Value = ModelShape> {
                 hidden_size,
                 attention_width,
                 kv_bytes_per_token_per_layer: kv,
+                num_attention_heads: num_kv_heads * group,
+                num_kv_heads,
             },
         )
 }
@@ -79,6 +93,19 @@ fn arb_node(idx: usize) -> impl Strategy<Value = NodeSpec> {
         )
 }
 
+/// A GPU interconnect: often fast enough for tensor parallelism, sometimes not; latencies
+/// small enough against the nodes' read times that tensor parallelism sometimes wins.
+fn arb_interconnect() -> impl Strategy<Value = Link> {
+    (
+        prop_oneof![0.0f64..1e-5, 0.0f64..1e-3],
+        prop_oneof![1 => 1e9f64..25e9, 3 => 25e9f64..1e12],
+    )
+        .prop_map(|(latency_s, bandwidth_bytes_per_s)| Link {
+            latency_s,
+            bandwidth_bytes_per_s,
+        })
+}
+
 fn arb_cluster(num_nodes: Range<usize>) -> impl Strategy<Value = Cluster> {
     num_nodes
         .prop_flat_map(|n| {
@@ -88,9 +115,18 @@ fn arb_cluster(num_nodes: Range<usize>) -> impl Strategy<Value = Cluster> {
                 arb_link(),
                 prop::option::of((0..n, 0..n, arb_link())),
                 0..n,
+                // A host: nodes start..start + len (clipped), joined by an interconnect.
+                prop::option::weighted(
+                    0.75,
+                    (
+                        0..n.saturating_sub(1).max(1),
+                        2..=n.max(2),
+                        arb_interconnect(),
+                    ),
+                ),
             )
         })
-        .prop_map(|(mut nodes, default_link, pair, num_copies)| {
+        .prop_map(|(mut nodes, default_link, pair, num_copies, host)| {
             // Some nodes identical to the first (the search skips orders that only swap them).
             for idx in 1..=num_copies.min(nodes.len() - 1) {
                 nodes[idx] = NodeSpec {
@@ -104,6 +140,14 @@ fn arb_cluster(num_nodes: Range<usize>) -> impl Strategy<Value = Cluster> {
                     a: NodeId(a),
                     b: NodeId(b),
                     link,
+                });
+            }
+            if let Some((start, len, interconnect)) = host {
+                let end = (start + len).min(cluster.nodes.len());
+                cluster.hosts.push(Host {
+                    name: "host".into(),
+                    nodes: (start..end).map(NodeId).collect(),
+                    interconnect,
                 });
             }
             cluster
@@ -158,12 +202,145 @@ fn single_node_seconds(model: &ModelShape, options: &PlanOptions, node: &NodeSpe
     (layers + kv + model.head_as_read().num_bytes as u128) as f64 / node.bandwidth_bytes_per_s
 }
 
+/// One tensor-parallel rank's memory of `num_ranks`, from the definition.
+fn expected_rank_memory(model: &ModelShape, options: &PlanOptions, num_ranks: usize) -> u128 {
+    let ranks = num_ranks as u128;
+    let layers: u128 = model.layers.iter().map(|l| l.num_bytes as u128).sum();
+    let kv_tokens = (options.context_tokens * options.concurrent_sequences) as u128;
+    let kv = model.kv_bytes_per_token_per_layer as u128 * model.layers.len() as u128 * kv_tokens;
+    layers.div_ceil(ranks)
+        + model.embedding.num_bytes as u128
+        + model
+            .head
+            .map_or(0, |h| (h.num_bytes as u128).div_ceil(ranks))
+        + model.other.num_bytes as u128
+        + kv.div_ceil(ranks)
+}
+
+/// Seconds per token of tensor parallelism over `ranks`, from the definition.
+fn tensor_parallel_seconds(
+    model: &ModelShape,
+    options: &PlanOptions,
+    cluster: &Cluster,
+    ranks: &[NodeId],
+    interconnect: Link,
+) -> f64 {
+    let read = single_node_seconds(
+        model,
+        options,
+        &NodeSpec {
+            bandwidth_bytes_per_s: 1.0,
+            ..cluster.nodes[0].clone()
+        },
+    ) / ranks.len() as f64;
+    let slowest = ranks
+        .iter()
+        .map(|n| read / cluster.node(*n).bandwidth_bytes_per_s)
+        .fold(0.0, f64::max);
+    let row = (model.hidden_size * 2) as f64;
+    slowest + 2.0 * model.layers.len() as f64 * all_reduce_seconds(interconnect, ranks.len(), row)
+}
+
+/// The best tensor-parallel placement by brute force over every subset of every host.
+fn brute_force_tensor_parallel(
+    model: &ModelShape,
+    options: &PlanOptions,
+    cluster: &Cluster,
+) -> Option<f64> {
+    let mut best: Option<f64> = None;
+    for host in cluster.hosts.iter().filter(|h| h.allows_tensor_parallel()) {
+        for mask in 0u32..(1 << host.nodes.len()) {
+            let ranks: Vec<NodeId> = host
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(bit, _)| mask & (1 << bit) != 0)
+                .map(|(_, n)| *n)
+                .collect();
+            let num_ranks = ranks.len() as u64;
+            if num_ranks < 2
+                || model.num_attention_heads % num_ranks != 0
+                || model.num_kv_heads % num_ranks != 0
+            {
+                continue;
+            }
+            let memory = expected_rank_memory(model, options, ranks.len());
+            if ranks
+                .iter()
+                .any(|n| memory > usable(cluster.node(*n), options))
+            {
+                continue;
+            }
+            let seconds =
+                tensor_parallel_seconds(model, options, cluster, &ranks, host.interconnect);
+            best = Some(best.map_or(seconds, |b: f64| b.min(seconds)));
+        }
+    }
+    best
+}
+
+/// A tensor-parallel plan's ranks: distinct GPUs of one host that allows it, a degree dividing
+/// the heads, each within memory, and the predicted time from the definition.
+fn check_tensor_parallel(
+    model: &ModelShape,
+    cluster: &Cluster,
+    options: &PlanOptions,
+    plan: &Plan,
+) -> Result<(), TestCaseError> {
+    let Placement::TensorParallel {
+        host,
+        ranks,
+        interconnect,
+        ..
+    } = &plan.placement
+    else {
+        return Ok(());
+    };
+    let host = cluster
+        .hosts
+        .iter()
+        .find(|h| &h.name == host)
+        .expect("a host of the cluster");
+    prop_assert!(host.allows_tensor_parallel());
+    prop_assert_eq!(*interconnect, host.interconnect);
+    let num_ranks = ranks.len();
+    prop_assert!(num_ranks >= 2);
+    prop_assert_eq!(model.num_attention_heads % num_ranks as u64, 0);
+    prop_assert_eq!(model.num_kv_heads % num_ranks as u64, 0);
+    let memory = expected_rank_memory(model, options, num_ranks);
+    for (idx, rank) in ranks.iter().enumerate() {
+        prop_assert_eq!(rank.rank, idx);
+        prop_assert!(
+            host.nodes.contains(&rank.node),
+            "rank on a node outside the host"
+        );
+        prop_assert!(
+            ranks[..idx].iter().all(|r| r.node != rank.node),
+            "node used twice"
+        );
+        prop_assert_eq!(rank.memory_bytes as u128, memory);
+        prop_assert!(
+            memory <= usable(cluster.node(rank.node), options),
+            "rank {} over memory",
+            idx
+        );
+    }
+    let nodes: Vec<NodeId> = ranks.iter().map(|r| r.node).collect();
+    let expected = tensor_parallel_seconds(model, options, cluster, &nodes, host.interconnect);
+    prop_assert!((plan.prediction.seconds_per_token - expected).abs() <= 1e-9 * expected);
+    Ok(())
+}
+
 fn check_plan_invariants(
     model: &ModelShape,
     cluster: &Cluster,
     options: &PlanOptions,
     plan: &Plan,
 ) -> Result<(), TestCaseError> {
+    if let Placement::TensorParallel { .. } = plan.placement {
+        check_tensor_parallel(model, cluster, options, plan)?;
+        return check_never_slower_than_one_node(model, cluster, options, plan);
+    }
     let stages = plan.placement.stages();
     let num_layers = model.layers.len();
     prop_assert!(!stages.is_empty());
@@ -200,6 +377,18 @@ fn check_plan_invariants(
         );
     }
     prop_assert_eq!(next_layer, num_layers, "not every layer placed");
+    check_never_slower_than_one_node(model, cluster, options, plan)
+}
+
+/// The plan's time per token is no more than any single node's that holds the model, and its
+/// time to first token is positive and finite.
+fn check_never_slower_than_one_node(
+    model: &ModelShape,
+    cluster: &Cluster,
+    options: &PlanOptions,
+    plan: &Plan,
+) -> Result<(), TestCaseError> {
+    let num_layers = model.layers.len();
     for node in &cluster.nodes {
         if expected_memory(model, options, &(0..num_layers)) <= usable(node, options) {
             let single = single_node_seconds(model, options, node);
@@ -284,6 +473,7 @@ proptest! {
             Err(PlanError::DoesNotFit { .. }) => {
                 let whole = expected_memory(&model, &options, &(0..model.layers.len()));
                 prop_assert!(cluster.nodes.iter().all(|n| whole > usable(n, &options)), "a single node fits");
+                prop_assert!(brute_force_tensor_parallel(&model, &options, &cluster).is_none(), "tensor parallelism fits");
             }
             Err(other) => prop_assert!(false, "unexpected error {}", other),
         }
@@ -309,6 +499,29 @@ proptest! {
             }
         } else {
             prop_assert!(brute.is_none(), "a pipeline fits but plan failed");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_tensor_parallel_search_matches_brute_force(
+        model in arb_model(8),
+        cluster in arb_cluster(2..6),
+        options in arb_options(),
+    ) {
+        let cost = CostModel::new(&model, &cluster, &options).unwrap();
+        let searched = best_tensor_parallel(&cost).map(|c| c.seconds_per_token);
+        let brute = brute_force_tensor_parallel(&model, &options, &cluster);
+        match (searched, brute) {
+            (None, None) => {}
+            (Some(s), Some(b)) => prop_assert!((s - b).abs() <= 1e-9 * b, "search {} vs brute force {}", s, b),
+            (s, b) => prop_assert!(false, "search {:?} vs brute force {:?}", s, b),
+        }
+        if let (Ok(found), Some(b)) = (plan(&model, &cluster, &options), brute) {
+            prop_assert!(found.prediction.seconds_per_token <= b * (1.0 + 1e-9), "a faster tensor-parallel placement was not chosen");
         }
     }
 }

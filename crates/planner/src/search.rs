@@ -1,8 +1,10 @@
-//! The search: the fastest single node, and the fastest pipeline of two or more stages, by the
-//! cost model's predicted seconds per generated token.
+//! The search: the fastest single node, the fastest pipeline of two or more stages, and the
+//! fastest tensor-parallel placement on one host, by the cost model's predicted seconds per
+//! generated token.
 //!
-//! Owns: node orders and the dynamic program over contiguous layer splits. Does not own the
-//! formulas (`cost`) or the choice between single node and pipeline (`plan`).
+//! Owns: node orders, the dynamic program over contiguous layer splits, and the choice of GPUs
+//! and degree for tensor parallelism. Does not own the formulas (`cost`) or the choice between
+//! the kinds (`plan`).
 //!
 //! The pipeline search, for one order of nodes `o[0], o[1], …`: the first stage runs on `o[0]`
 //! and holds layers `0..e`; each later node either holds the next contiguous range or is
@@ -12,6 +14,12 @@
 //! first element first is a path through some order, so trying all orders (≤ [`EXACT_ORDERS_MAX_NODES`]
 //! nodes) is exact over every contiguous split on every ordered subset; with more nodes each
 //! node in turn goes first and the rest follow by memory bandwidth (fastest first).
+//!
+//! The tensor-parallel search, for each host that allows it
+//! ([`crate::Host::allows_tensor_parallel`]) and each degree `N` in 2..=its GPUs dividing both the attention and the KV heads: every rank
+//! holds the same share, so the GPUs that can hold it are kept and the `N` with the most
+//! bandwidth (ties: host order) are taken — exact, since the per-token time is the slowest
+//! rank's plus collectives that do not depend on which GPUs are taken.
 //!
 //! Invariants: results are deterministic (fixed iteration order, ties keep the first found);
 //! every returned stage is non-empty, fits its node, and the stages cover every layer in order.
@@ -29,6 +37,68 @@ pub const EXACT_ORDERS_MAX_NODES: usize = 6;
 pub(crate) struct Candidate {
     pub seconds_per_token: f64,
     pub stages: Vec<(NodeId, Range<usize>)>,
+}
+
+/// A tensor-parallel placement found by the search: ranks in rank order on one host.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TensorParallelCandidate {
+    pub seconds_per_token: f64,
+    /// Index into [`crate::Cluster::hosts`].
+    pub host: usize,
+    pub ranks: Vec<NodeId>,
+}
+
+/// Whether `num_ranks` ranks each get a whole number of attention and KV heads.
+pub(crate) fn heads_divide(cost: &CostModel, num_ranks: usize) -> bool {
+    let ranks = num_ranks as u64;
+    ranks > 0 && cost.model.num_attention_heads % ranks == 0 && cost.model.num_kv_heads % ranks == 0
+}
+
+/// The fastest tensor-parallel placement on any host that allows it, if one fits (ties: the
+/// first host, then the fewest ranks).
+pub(crate) fn best_tensor_parallel(cost: &CostModel) -> Option<TensorParallelCandidate> {
+    let mut best: Option<TensorParallelCandidate> = None;
+    for (host_idx, host) in cost.cluster.hosts.iter().enumerate() {
+        if !host.allows_tensor_parallel() {
+            continue;
+        }
+        for num_ranks in 2..=host.nodes.len() {
+            if !heads_divide(cost, num_ranks) {
+                continue;
+            }
+            let needed = cost.tensor_parallel_rank_memory_bytes(num_ranks);
+            let mut able: Vec<NodeId> = host
+                .nodes
+                .iter()
+                .copied()
+                .filter(|&node| cost.usable_bytes(node) >= needed)
+                .collect();
+            if able.len() < num_ranks {
+                continue;
+            }
+            // Stable: equal bandwidths keep host order.
+            able.sort_by(|a, b| {
+                let bandwidth = |n: &NodeId| cost.cluster.node(*n).bandwidth_bytes_per_s;
+                bandwidth(b).total_cmp(&bandwidth(a))
+            });
+            able.truncate(num_ranks);
+            let ranks: Vec<NodeId> = host
+                .nodes
+                .iter()
+                .copied()
+                .filter(|n| able.contains(n))
+                .collect();
+            let seconds = cost.tensor_parallel_decode_seconds(&ranks, host.interconnect);
+            if best.as_ref().is_none_or(|b| seconds < b.seconds_per_token) {
+                best = Some(TensorParallelCandidate {
+                    seconds_per_token: seconds,
+                    host: host_idx,
+                    ranks,
+                });
+            }
+        }
+    }
+    best
 }
 
 /// The fastest node that holds the whole model alone (ties: the lowest id).
@@ -70,8 +140,8 @@ pub(crate) fn best_pipeline(cost: &CostModel) -> Option<Candidate> {
 }
 
 /// Every permutation (lexicographic) for few nodes, less those that only swap interchangeable
-/// nodes (same memory, bandwidth and compute, default links); otherwise each node first, the
-/// rest by bandwidth.
+/// nodes (same memory, bandwidth and compute, default links, same host); otherwise each node
+/// first, the rest by bandwidth.
 fn node_orders(cost: &CostModel) -> Vec<Vec<NodeId>> {
     let num_nodes = cost.cluster.nodes.len();
     if num_nodes <= EXACT_ORDERS_MAX_NODES {
@@ -85,7 +155,15 @@ fn node_orders(cost: &CostModel) -> Vec<Vec<NodeId>> {
                 .links
                 .iter()
                 .all(|l| ![l.a.0, l.b.0].iter().any(|n| *n == a || *n == b));
-            same_spec && default_links
+            // GPUs of one host reach each other over its interconnect: only nodes of the same
+            // host (or both of none) are interchangeable.
+            let host_index = |n: usize| {
+                cluster
+                    .hosts
+                    .iter()
+                    .position(|h| h.nodes.contains(&NodeId(n)))
+            };
+            same_spec && default_links && host_index(a) == host_index(b)
         };
         // Swapping two interchangeable nodes changes no cost: keep only orders where they
         // appear by index.

@@ -5,7 +5,9 @@
 //! Owns: the command line (`--model/--shape`, `--quant`, `--ctx`, `--hardware`, `--nodes`,
 //! `--link`, `--json`), building nodes (the hardware table, custom specs, or this machine:
 //! `plan/this_machine.rs`), building the model's shape (`plan/shape.rs`) and printing. Does not
-//! own any planning rule or formula: those are `hearth-planner`'s.
+//! own any planning rule or formula: those are `hearth-planner`'s. `--hardware 2xh100-sxm` is one
+//! machine with two GPUs joined by NVLink (a planner host, where tensor parallelism is
+//! considered); separate entries, and `--nodes`, are separate machines joined by `--link`.
 
 pub(crate) mod shape;
 pub(crate) mod this_machine;
@@ -14,12 +16,12 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 
 use anyhow::{bail, Context, Result};
-use hearth_planner::hardware::{parse_hardware_list, HARDWARE};
+use hearth_planner::hardware::{parse_hardware_cluster, HARDWARE};
 use hearth_planner::units::{
     format_bandwidth, format_bytes, format_seconds, parse_link, parse_node_specs,
 };
 use hearth_planner::{
-    best_prefill_split, choose_among, Cluster, Link, ModelShape, NodeSpec, Placement, Plan,
+    best_prefill_split, choose_among, Cluster, Host, Link, ModelShape, NodeSpec, Placement, Plan,
     PlanError, PlanOptions, PrefillSplit, Quant, QuantChoice,
 };
 use serde::Serialize;
@@ -65,7 +67,9 @@ pub struct PlanArgs {
     /// Prompt length for the time-to-first-token prediction (default: 512, at most --ctx).
     #[arg(long)]
     pub prompt: Option<usize>,
-    /// Machines from the built-in table, comma-separated; `2xh100-sxm` is two (see --list-hardware).
+    /// Machines from the built-in table, comma-separated (see --list-hardware). `2xh100-sxm` is
+    /// one machine with two GPUs (NVLink or PCIe between them: tensor parallelism is considered);
+    /// `h100-sxm,h100-sxm` is two machines joined by --link.
     #[arg(long)]
     pub hardware: Option<String>,
     /// Custom machines: "name:mem=64GiB,bw=400GB/s,tflops=30[,power=300W];name2:…". `mem` is
@@ -74,7 +78,8 @@ pub struct PlanArgs {
     #[arg(long)]
     pub nodes: Option<String>,
     /// The link between every two machines, e.g. "latency=0.2ms,bw=10Gbit/s"
-    /// (default: 10 GbE, 0.2 ms one way and 9.4 Gbit/s of TCP goodput).
+    /// (default: 10 GbE, 0.2 ms one way and 9.4 Gbit/s of TCP goodput). The GPUs of one
+    /// `--hardware Nx…` machine use their interconnect (NVLink, PCIe) instead.
     #[arg(long)]
     pub link: Option<String>,
     /// Predict this placement instead of searching for one: layer ranges in order, e.g.
@@ -97,6 +102,8 @@ struct PlanReport<'a> {
     nodes_are_this_machine: bool,
     this_machine: Option<ThisMachineReport>,
     nodes: &'a [NodeSpec],
+    /// Groups of nodes that are GPUs of one machine, with their interconnect.
+    hosts: &'a [Host],
     link: Link,
     options: &'a PlanOptions,
     plan: Option<&'a Plan>,
@@ -134,7 +141,11 @@ pub fn run(args: PlanArgs) -> Result<()> {
         print_hardware_table(&mut text);
         return write_stdout(&text);
     }
-    let (nodes, machine) = nodes_from_args(&args)?;
+    let link = match &args.link {
+        Some(text) => parse_link(text)?,
+        None => Link::TEN_GIGABIT_ETHERNET,
+    };
+    let (cluster, machine) = cluster_from_args(&args, link)?;
     let target = if machine.is_some() {
         Target::ThisMachineCpu
     } else {
@@ -148,10 +159,6 @@ pub fn run(args: PlanArgs) -> Result<()> {
         }
     };
     let quant = args.quant.as_deref().map(Quant::parse).transpose()?;
-    let link = match &args.link {
-        Some(text) => parse_link(text)?,
-        None => Link::TEN_GIGABIT_ETHERNET,
-    };
     let context_tokens = args
         .ctx
         .unwrap_or(source.context_length.min(DEFAULT_MAX_CONTEXT));
@@ -169,7 +176,6 @@ pub fn run(args: PlanArgs) -> Result<()> {
             .unwrap_or(DEFAULT_PROMPT_TOKENS.min(context_tokens)),
         ..PlanOptions::default()
     };
-    let cluster = Cluster::new(nodes, link);
     let quantization = choose_among(&source.what_ifs, &cluster, &options)?;
     let (shape, storage) = planned_shape(&source, quant, &quantization);
     let (plan, refusal) = if !args.stages.is_empty() {
@@ -210,6 +216,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
             ),
         }),
         nodes: &cluster.nodes,
+        hosts: &cluster.hosts,
         link,
         options: &options,
         plan: plan.as_ref(),
@@ -257,20 +264,24 @@ fn write_stdout(text: &str) -> Result<()> {
     }
 }
 
-/// Nodes from --hardware and --nodes (both may be given), or this machine.
-fn nodes_from_args(args: &PlanArgs) -> Result<(Vec<NodeSpec>, Option<ThisMachine>)> {
-    let mut nodes = Vec::new();
-    if let Some(list) = &args.hardware {
-        nodes.extend(parse_hardware_list(list)?);
-    }
+/// Nodes from --hardware (with its multi-GPU machines as hosts) and --nodes (each its own
+/// machine; both may be given), joined by `link`; or this machine.
+fn cluster_from_args(args: &PlanArgs, link: Link) -> Result<(Cluster, Option<ThisMachine>)> {
+    let mut cluster = match &args.hardware {
+        Some(list) => parse_hardware_cluster(list, link)?,
+        None => Cluster::new(Vec::new(), link),
+    };
     if let Some(specs) = &args.nodes {
-        nodes.extend(parse_node_specs(specs)?);
+        cluster.nodes.extend(parse_node_specs(specs)?);
     }
-    if !nodes.is_empty() {
-        return Ok((nodes, None));
+    if !cluster.nodes.is_empty() {
+        return Ok((cluster, None));
     }
     let machine = this_machine::describe()?;
-    Ok((vec![machine.node.clone()], Some(machine)))
+    Ok((
+        Cluster::new(vec![machine.node.clone()], link),
+        Some(machine),
+    ))
 }
 
 /// The shape to plan and how it is stored: the --quant what-if; for a named shape the best
@@ -396,10 +407,32 @@ fn print_report(out: &mut String, report: &PlanReport) {
             power
         );
     }
-    if report.nodes.len() > 1 {
+    for host in report.hosts {
+        let gpus: Vec<&str> = host
+            .nodes
+            .iter()
+            .map(|n| report.nodes[n.0].name.as_str())
+            .collect();
+        let tensor_parallel = if host.allows_tensor_parallel() {
+            "tensor parallelism considered"
+        } else {
+            "too slow for tensor parallelism"
+        };
         out!(
             out,
-            "link        {} one way, {} between every two nodes",
+            "host        {}: {} on one machine, joined at {}, {} per collective ({tensor_parallel})",
+            host.name,
+            gpus.join(", "),
+            format_bandwidth(host.interconnect.bandwidth_bytes_per_s),
+            format_seconds(host.interconnect.latency_s)
+        );
+    }
+    let machines = report.nodes.len() + report.hosts.len()
+        - report.hosts.iter().map(|h| h.nodes.len()).sum::<usize>();
+    if machines > 1 {
+        out!(
+            out,
+            "link        {} one way, {} between every two machines",
             format_seconds(report.link.latency_s),
             format_bandwidth(report.link.bandwidth_bytes_per_s)
         );
@@ -419,6 +452,80 @@ fn print_report(out: &mut String, report: &PlanReport) {
 
 fn print_plan(out: &mut String, plan: &Plan) {
     out!(out, "placement   {}", plan.placement.describe());
+    if let Placement::TensorParallel { .. } = &plan.placement {
+        print_tensor_parallel(out, plan);
+    } else {
+        print_stages(out, plan);
+    }
+    let prediction = &plan.prediction;
+    let energy = prediction
+        .joules_per_token
+        .map_or_else(String::new, |j| format!(", {j:.2} J/token at full power"));
+    out!(out,
+        "predicted   {:.1} tok/s generating ({:.2} ms/token, memory-bandwidth roofline), TTFT {} for a {}-token prompt{energy}",
+        prediction.tokens_per_second,
+        prediction.seconds_per_token * 1e3,
+        format_seconds(prediction.ttft_seconds),
+        prediction.prompt_tokens
+    );
+    for (idx, note) in plan.notes.iter().enumerate() {
+        out!(out, "{:<11} {note}", if idx == 0 { "why" } else { "" });
+    }
+}
+
+/// The ranks of a tensor-parallel placement and its collectives.
+fn print_tensor_parallel(out: &mut String, plan: &Plan) {
+    let Placement::TensorParallel {
+        host,
+        ranks,
+        interconnect,
+        all_reduces_per_token,
+    } = &plan.placement
+    else {
+        return;
+    };
+    out!(
+        out,
+        "  {:<5} {:<20} {:<15} {:>25} {:>10} {:>10}",
+        "rank",
+        "node",
+        "heads / kv",
+        "memory used / usable",
+        "ms/token",
+        "prompt ms"
+    );
+    for rank in ranks {
+        out!(
+            out,
+            "  {:<5} {:<20} {:<15} {:>25} {:>10.2} {:>10.1}",
+            rank.rank,
+            rank.node_name,
+            format!("{} / {}", rank.attention_heads, rank.kv_heads),
+            format!(
+                "{} / {}",
+                format_bytes(rank.memory_bytes),
+                format_bytes(rank.usable_memory_bytes)
+            ),
+            rank.predicted_seconds * 1e3,
+            rank.prefill_seconds * 1e3
+        );
+    }
+    out!(
+        out,
+        "  {:<5} {:<20} {:<15} {:>25} {:>10.2}",
+        "",
+        "all-reduces",
+        format!("{all_reduces_per_token}/token"),
+        format!(
+            "{host} at {}",
+            format_bandwidth(interconnect.bandwidth_bytes_per_s)
+        ),
+        plan.prediction.link_seconds_per_token * 1e3
+    );
+}
+
+/// The stages of a single-node or pipeline placement and its links.
+fn print_stages(out: &mut String, plan: &Plan) {
     out!(
         out,
         "  {:<5} {:<20} {:<15} {:>25} {:>10} {:>10}",
@@ -462,19 +569,6 @@ fn print_plan(out: &mut String, plan: &Plan) {
             "",
             prediction.link_seconds_per_token * 1e3
         );
-    }
-    let energy = prediction
-        .joules_per_token
-        .map_or_else(String::new, |j| format!(", {j:.2} J/token at full power"));
-    out!(out,
-        "predicted   {:.1} tok/s generating ({:.2} ms/token, memory-bandwidth roofline), TTFT {} for a {}-token prompt{energy}",
-        prediction.tokens_per_second,
-        prediction.seconds_per_token * 1e3,
-        format_seconds(prediction.ttft_seconds),
-        prediction.prompt_tokens
-    );
-    for (idx, note) in plan.notes.iter().enumerate() {
-        out!(out, "{:<11} {note}", if idx == 0 { "why" } else { "" });
     }
 }
 

@@ -246,6 +246,8 @@ pub fn from_file(path: &Path, name: String, target: Target) -> Result<ModelSourc
         attention_width: (config.num_heads * config.head_dim) as u64,
         kv_bytes_per_token_per_layer: (2 * config.num_kv_heads * config.head_dim) as u64
             * target.kv_bytes_per_element(),
+        num_attention_heads: config.num_heads as u64,
+        num_kv_heads: config.num_kv_heads as u64,
     };
     let shape = ModelShape::from_tensors(dims, tensors)?;
     let what_ifs = generic_what_ifs(&shape, target);
@@ -295,6 +297,8 @@ pub fn from_shape_name(shape_name: &str, target: Target) -> Result<ModelSource> 
             attention_width: (bench.num_heads * bench.head_dim) as u64,
             kv_bytes_per_token_per_layer: (2 * bench.num_kv_heads * bench.head_dim) as u64
                 * target.kv_bytes_per_element(),
+            num_attention_heads: bench.num_heads as u64,
+            num_kv_heads: bench.num_kv_heads as u64,
         };
         Ok(ModelShape::from_tensors(dims, tensors)?)
     };
