@@ -20,6 +20,7 @@ pub mod nccl;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
 pub mod paged_attention;
+pub mod prefill_attention;
 pub mod quant_matmul;
 pub mod quant_matvec;
 

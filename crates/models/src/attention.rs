@@ -6,7 +6,7 @@
 
 use candle_core::Tensor;
 use hearth_kernels::fused::{self, RopeKvInputs};
-use hearth_kernels::{paged_attention, write_kv};
+use hearth_kernels::{paged_attention, prefill_attention, write_kv, AttentionLayout};
 
 use crate::forward_batch::ForwardBatch;
 use crate::layers::{Linear, RmsNorm, Rope};
@@ -69,8 +69,23 @@ impl Attention {
             q
         };
         let layout = batch.attention_layout(self.scale, self.sliding_window);
-        let attn = paged_attention(&q.contiguous()?, k_cache, v_cache, &layout)?;
+        let q = q.contiguous()?;
+        let attn = match prompt_heavy(&layout) {
+            true => prefill_attention::prefill_attention(&q, k_cache, v_cache, &layout)?,
+            false => paged_attention(&q, k_cache, v_cache, &layout)?,
+        };
         // [num_tokens, num_heads * head_dim]
         self.o.forward(&attn.reshape((num_tokens, q_dim))?)
     }
+}
+
+/// Whether most of the step's query rows are prompt rows (sequences with more than one new
+/// token): those steps take the tiled prefill kernel, which reads each K/V tile once for a
+/// tile of rows; generation-heavy steps (and every replayed device graph: one row per
+/// sequence) take the paged-attention kernel, which splits long contexts over the sequence.
+/// Both compute the same attention (each is bound to the reference by GPU tests).
+fn prompt_heavy(layout: &AttentionLayout) -> bool {
+    let prompt_rows: usize = layout.sequences.iter().filter(|s| s.num_query_tokens > 1).map(|s| s.num_query_tokens).sum();
+    let generation_rows = layout.sequences.iter().filter(|s| s.num_query_tokens == 1).count();
+    prompt_rows > generation_rows
 }
