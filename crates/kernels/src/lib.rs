@@ -41,3 +41,19 @@ pub enum KernelError {
 }
 
 pub type Result<T> = std::result::Result<T, KernelError>;
+
+/// The GPU of a device test: `None` (the test prints why and passes) without one, unless
+/// `HEARTH_REQUIRE_GPU=1`, which makes a missing GPU a failure.
+#[cfg(all(test, feature = "cuda"))]
+pub(crate) fn test_gpu() -> Option<candle_core::Device> {
+    match candle_core::Device::new_cuda(0) {
+        Ok(device) => Some(device),
+        Err(e) if std::env::var("HEARTH_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            panic!("HEARTH_REQUIRE_GPU=1 but no CUDA device: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}

@@ -9,16 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use super::*;
 
 fn gpu() -> Option<Device> {
-    match Device::new_cuda(0) {
-        Ok(device) => Some(device),
-        Err(e) if std::env::var("HEARTH_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
-            panic!("HEARTH_REQUIRE_GPU=1 but no CUDA device: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
+    crate::test_gpu()
 }
 
 #[test]
