@@ -6,7 +6,7 @@
 
 use candle_core::Tensor;
 use hearth_kernels::fused::{self, RopeKvInputs};
-use hearth_kernels::{paged_attention, prefill_attention, write_kv, AttentionLayout};
+use hearth_kernels::{paged_attention, prefill_attention, write_kv, AttentionLayout, SequenceSpan};
 
 use crate::forward_batch::ForwardBatch;
 use crate::layers::{Linear, RmsNorm, Rope};
@@ -69,23 +69,87 @@ impl Attention {
             q
         };
         let layout = batch.attention_layout(self.scale, self.sliding_window);
-        let q = q.contiguous()?;
-        let attn = match prompt_heavy(&layout) {
-            true => prefill_attention::prefill_attention(&q, k_cache, v_cache, &layout)?,
-            false => paged_attention(&q, k_cache, v_cache, &layout)?,
-        };
+        let attn = attend(&q.contiguous()?, k_cache, v_cache, &layout)?;
         // [num_tokens, num_heads * head_dim]
         self.o.forward(&attn.reshape((num_tokens, q_dim))?)
     }
 }
 
-/// Whether most of the step's query rows are prompt rows (sequences with more than one new
-/// token): those steps take the tiled prefill kernel, which reads each K/V tile once for a
-/// tile of rows; generation-heavy steps (and every replayed device graph: one row per
-/// sequence) take the paged-attention kernel, which splits long contexts over the sequence.
-/// Both compute the same attention (each is bound to the reference by GPU tests).
-fn prompt_heavy(layout: &AttentionLayout) -> bool {
-    let prompt_rows: usize = layout.sequences.iter().filter(|s| s.num_query_tokens > 1).map(|s| s.num_query_tokens).sum();
-    let generation_rows = layout.sequences.iter().filter(|s| s.num_query_tokens == 1).count();
-    prompt_rows > generation_rows
+/// Attention of a step's rows, each kind through its kernel: prompt rows (sequences with more
+/// than one new token) through the tiled prefill kernel, which reads each K/V tile once for a
+/// tile of rows; generation rows through the paged-attention kernel, which splits long
+/// contexts over the sequence. A mixed step (the scheduler's chunked prefill beside running
+/// generations) gathers each kind's rows, runs both, and puts the rows back in order. Both
+/// kernels compute the same attention (each is bound to the reference by GPU tests); on the CPU
+/// both are the same op. Replayed device graphs hold only generation rows, so they run the
+/// paged kernel alone, as recorded.
+pub fn attend(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, layout: &AttentionLayout) -> Result<Tensor> {
+    let is_prompt = |s: &SequenceSpan| s.num_query_tokens > 1;
+    let (prompts, generations): (Vec<&SequenceSpan>, Vec<&SequenceSpan>) = layout.sequences.iter().partition(|s| is_prompt(s));
+    if prompts.is_empty() {
+        return Ok(paged_attention(q, k_cache, v_cache, layout)?);
+    }
+    if generations.is_empty() {
+        return Ok(prefill_attention::prefill_attention(q, k_cache, v_cache, layout)?);
+    }
+    // Each kind's rows, packed in batch order, and the sub-layout that addresses them.
+    let part = |spans: &[&SequenceSpan]| -> Result<(Tensor, AttentionLayout, Vec<u32>)> {
+        let mut rows = Vec::new();
+        let sequences = spans
+            .iter()
+            .map(|s| {
+                let start = rows.len();
+                rows.extend((s.query_start_idx..s.query_start_idx + s.num_query_tokens).map(|r| r as u32));
+                SequenceSpan { query_start_idx: start, ..(*s).clone() }
+            })
+            .collect();
+        let index = Tensor::new(rows.as_slice(), q.device())?;
+        let sub = AttentionLayout { sequences, device_metadata: None, ..layout.clone() };
+        Ok((q.index_select(&index, 0)?, sub, rows))
+    };
+    let (q_prompt, prompt_layout, prompt_rows) = part(&prompts)?;
+    let (q_generation, generation_layout, generation_rows) = part(&generations)?;
+    let out_prompt = prefill_attention::prefill_attention(&q_prompt, k_cache, v_cache, &prompt_layout)?;
+    let out_generation = paged_attention(&q_generation, k_cache, v_cache, &generation_layout)?;
+    // Row r of the step is row `position[r]` of [prompt rows | generation rows].
+    let mut position = vec![0u32; prompt_rows.len() + generation_rows.len()];
+    for (i, &r) in prompt_rows.iter().chain(&generation_rows).enumerate() {
+        position[r as usize] = i as u32;
+    }
+    let position = Tensor::new(position.as_slice(), q.device())?;
+    Ok(Tensor::cat(&[&out_prompt, &out_generation], 0)?.index_select(&position, 0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device};
+
+    use super::*;
+
+    /// Generation and prompt rows interleaved in one step: gathering each kind, running its
+    /// kernel and scattering back gives exactly the one-call result (on the CPU both kinds run
+    /// the same op, so any difference would be a misplaced row).
+    #[test]
+    fn a_mixed_step_puts_every_row_back_in_place() {
+        let (block_size, num_blocks, heads, kv_heads, dim) = (4, 12, 4, 2, 8);
+        let pool = |seed: f64| (Tensor::randn(0f32, 1.0, (num_blocks, block_size, kv_heads, dim), &Device::Cpu).unwrap() + seed).unwrap();
+        let (k_cache, v_cache) = (pool(0.0), pool(0.5));
+        // (rows, context, blocks): decode, prompt chunk after cached tokens, decode, fresh prompt.
+        let specs = [(1, 5, vec![3, 7]), (3, 7, vec![0, 9]), (1, 2, vec![5]), (2, 2, vec![11])];
+        let mut start = 0;
+        let sequences: Vec<SequenceSpan> = specs
+            .iter()
+            .map(|(rows, context, blocks)| {
+                let span = SequenceSpan { query_start_idx: start, num_query_tokens: *rows, context_len: *context, block_table: blocks.clone() };
+                start += rows;
+                span
+            })
+            .collect();
+        let layout = AttentionLayout { sequences, block_size, scale: 0.35, sliding_window: None, device_metadata: None };
+        let q = Tensor::randn(0f32, 1.0, (start, heads, dim), &Device::Cpu).unwrap();
+        let want = paged_attention(&q, &k_cache, &v_cache, &layout).unwrap();
+        let got = attend(&q, &k_cache, &v_cache, &layout).unwrap();
+        let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(diff, 0.0);
+    }
 }
