@@ -54,5 +54,6 @@ if [ "${HEARTH_CUDA_SKIP_TESTS:-0}" != 1 ]; then
   # models has no cuda feature; enabling the kernels' one gives its tests candle's CUDA backend.
   test_binary hearth-models-golden golden -p hearth-models --features hearth-kernels/cuda,candle-nn/cuda --test golden
   test_binary hearth-models-tp tensor_parallel -p hearth-models --features hearth-kernels/cuda,candle-nn/cuda --test tensor_parallel
+  test_binary hearth-models-gpu-layers gpu_layers -p hearth-models --features hearth-kernels/cuda,candle-nn/cuda --test gpu_layers
 fi
 du -sh "$OUT" >&2

@@ -113,16 +113,27 @@ fn tensor_bytes(t: &Tensor) -> u64 {
     (t.elem_count() * t.dtype().size_in_bytes()) as u64
 }
 
-/// Experiment (`HEARTH_DEQUANT_GEMM_ROWS=N`): products of at least N activation rows on a GPU
-/// dequantize the weight to F16 and run a tensor-core GEMM instead of candle's MMQ kernels.
+/// Quantized products of at least this many activation rows on a GPU (prompt chunks, large
+/// batches) dequantize the weight to F16 and run one tensor-core GEMM instead of candle's MMQ
+/// kernels. H100, 8B Q4_K_M (crates/kernels/PERF.md): pp512 6,673 -> 9,834 tok/s, pp4096
+/// 4,254 -> 5,912; at 64 rows and below MMQ is faster (tg128 at batch 64: 3,596 vs 2,271).
+/// `HEARTH_DEQUANT_GEMM_ROWS=N` changes the threshold; 0 turns the path off.
+const DEQUANT_GEMM_MIN_ROWS: usize = 128;
+
 fn dequantized_gemm_min_rows() -> Option<usize> {
     static ROWS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    *ROWS.get_or_init(|| std::env::var("HEARTH_DEQUANT_GEMM_ROWS").ok().and_then(|v| v.parse().ok()))
+    *ROWS.get_or_init(|| {
+        let rows = std::env::var("HEARTH_DEQUANT_GEMM_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(DEQUANT_GEMM_MIN_ROWS);
+        (rows > 0).then_some(rows)
+    })
 }
 
 /// `x Wᵀ` with `W` dequantized to F16 for this call (`[n, k]`, a transient buffer) and `x`
-/// converted to F16: one cuBLAS GEMM on tensor cores, the result back in `x`'s dtype.
-fn dequantized_gemm(q: &QTensor, x: &Tensor) -> Result<Tensor> {
+/// converted to F16 (as llama.cpp's cuBLAS path does; F16 holds transformer activations, whose
+/// inputs here are normalized or bounded): one cuBLAS GEMM on tensor cores with F32
+/// accumulation, the result back in `x`'s dtype. Bound to the dequantize-to-F32 product by
+/// `tests/gpu_layers.rs`.
+pub fn dequantized_gemm(q: &QTensor, x: &Tensor) -> Result<Tensor> {
     let w = q.dequantize_f16(x.device())?;
     Ok(x.to_dtype(DType::F16)?.matmul(&w.t()?)?.to_dtype(x.dtype())?)
 }
