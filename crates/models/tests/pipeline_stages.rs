@@ -7,6 +7,9 @@
 // One-element lists of layer ranges are stage lists here, not mistaken `Range` arrays.
 #![allow(clippy::single_range_in_vec_init)]
 
+mod common;
+use common::two_sequence_script;
+
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -96,12 +99,9 @@ fn stages_match_single_model(model_path: &Path, num_stages: usize, num_decode_st
     let chain = Chain::load(model_path, &ranges);
     let single_kv = PagedKvCache::new(&model.config, NUM_BLOCKS, BLOCK_SIZE, DType::F32, &Device::Cpu).unwrap();
     let vocab = model.config.vocab_size as u32;
-    let tables: [Vec<u32>; 2] =
-        [(0..NUM_BLOCKS as u32 / 2).rev().map(|b| 2 * b).collect(), (0..NUM_BLOCKS as u32 / 2).map(|b| 2 * b + 1).collect()];
-    let mut contexts: [Vec<u32>; 2] = [(0..11).map(|i| (i * 37 + 5) % vocab).collect(), (0..6).map(|i| (i * 53 + 11) % vocab).collect()];
     let mut max_diff = 0f32;
     let what_model = format!("{} in stages {ranges:?}", model_path.display());
-    let mut compare = |batch: &ForwardBatch, step: &str| -> Vec<u32> {
+    let compare = |batch: &ForwardBatch, step: &str| -> Vec<u32> {
         let want = model.forward(batch, &single_kv).unwrap();
         let got = chain.forward(batch);
         let diff = max_abs_diff(&got, &want);
@@ -111,31 +111,7 @@ fn stages_match_single_model(model_path: &Path, num_stages: usize, num_decode_st
         max_diff = max_diff.max(diff);
         argmax_rows(&want)
     };
-    let prompts: Vec<SequenceInput> = (0..2)
-        .map(|s| SequenceInput { new_token_ids: contexts[s].clone(), num_cached_tokens: 0, block_table: tables[s].clone(), wants_logits: true })
-        .collect();
-    let mut batch = ForwardBatch::new(&prompts, BLOCK_SIZE, &Device::Cpu).unwrap();
-    let num_first = contexts[0].len() as u32;
-    let rows: Vec<u32> = (0..num_first).chain([num_first + contexts[1].len() as u32 - 1]).collect();
-    batch.logit_rows = Tensor::new(rows.as_slice(), &Device::Cpu).unwrap();
-    batch.num_logit_rows = rows.len();
-    let mut next = compare(&batch, "prompt step")[rows.len() - 2..].to_vec();
-    for step in 0..num_decode_steps {
-        let inputs: Vec<SequenceInput> = (0..2)
-            .map(|s| {
-                let input = SequenceInput {
-                    new_token_ids: vec![next[s]],
-                    num_cached_tokens: contexts[s].len(),
-                    block_table: tables[s].clone(),
-                    wants_logits: true,
-                };
-                contexts[s].push(next[s]);
-                input
-            })
-            .collect();
-        let batch = ForwardBatch::new(&inputs, BLOCK_SIZE, &Device::Cpu).unwrap();
-        next = compare(&batch, &format!("decode step {step}"));
-    }
+    two_sequence_script(vocab, NUM_BLOCKS, BLOCK_SIZE, num_decode_steps, compare);
     max_diff
 }
 

@@ -5,6 +5,9 @@
 //! safetensors and the GGUF form of every architecture. Also: ranks that diverge get an error
 //! naming both calls, within the collective timeout.
 
+mod common;
+use common::two_sequence_script;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -142,12 +145,8 @@ fn tp2_matches(model: &Transformer, name: &str, num_decode_steps: usize, toleran
     assert_eq!(rank1_kv.layers[0].0.dim(2).unwrap(), model.config.num_kv_heads / 2, "a rank's KV pool holds its heads only");
     let single_kv = PagedKvCache::new(&model.config, NUM_BLOCKS, BLOCK_SIZE, DType::F32, &Device::Cpu).unwrap();
     let vocab = model.config.vocab_size as u32;
-    // Interleaved, non-identity block tables so both sequences cross block boundaries.
-    let tables: [Vec<u32>; 2] =
-        [(0..NUM_BLOCKS as u32 / 2).rev().map(|b| 2 * b).collect(), (0..NUM_BLOCKS as u32 / 2).map(|b| 2 * b + 1).collect()];
-    let mut contexts: [Vec<u32>; 2] = [(0..11).map(|i| (i * 37 + 5) % vocab).collect(), (0..6).map(|i| (i * 53 + 11) % vocab).collect()];
     let mut max_diff = 0f32;
-    let mut compare = |batch: &ForwardBatch, what: &str| -> Vec<u32> {
+    let compare = |batch: &ForwardBatch, what: &str| -> Vec<u32> {
         let want = model.forward(batch, &single_kv).unwrap();
         let got = group.forward_with(&|_| Ok(batch.clone())).unwrap();
         let diff = max_abs_diff(&got, &want);
@@ -156,37 +155,7 @@ fn tp2_matches(model: &Transformer, name: &str, num_decode_steps: usize, toleran
         max_diff = max_diff.max(diff);
         argmax_rows(&want)
     };
-    // The prompt step: sequence 0's every position, then sequence 1's last.
-    let prompts: Vec<SequenceInput> = (0..2)
-        .map(|s| SequenceInput {
-            new_token_ids: contexts[s].clone(),
-            num_cached_tokens: 0,
-            block_table: tables[s].clone(),
-            wants_logits: true,
-        })
-        .collect();
-    let mut batch = ForwardBatch::new(&prompts, BLOCK_SIZE, &Device::Cpu).unwrap();
-    let num_first = contexts[0].len() as u32;
-    let rows: Vec<u32> = (0..num_first).chain([num_first + contexts[1].len() as u32 - 1]).collect();
-    batch.logit_rows = Tensor::new(rows.as_slice(), &Device::Cpu).unwrap();
-    batch.num_logit_rows = rows.len();
-    let mut next = compare(&batch, "prompt step")[rows.len() - 2..].to_vec();
-    for step in 0..num_decode_steps {
-        let inputs: Vec<SequenceInput> = (0..2)
-            .map(|s| {
-                let input = SequenceInput {
-                    new_token_ids: vec![next[s]],
-                    num_cached_tokens: contexts[s].len(),
-                    block_table: tables[s].clone(),
-                    wants_logits: true,
-                };
-                contexts[s].push(next[s]);
-                input
-            })
-            .collect();
-        let batch = ForwardBatch::new(&inputs, BLOCK_SIZE, &Device::Cpu).unwrap();
-        next = compare(&batch, &format!("decode step {step}"));
-    }
+    two_sequence_script(vocab, NUM_BLOCKS, BLOCK_SIZE, num_decode_steps, compare);
     max_diff
 }
 
