@@ -42,7 +42,7 @@ use split::SplitChoice;
 
 /// CUDA C source of the GPU kernel (compiled by NVRTC at run time; kept buildable without the
 /// `cuda` feature so a CPU-only test can check that it compiles).
-pub const CUDA_SOURCE: &str = include_str!("paged_attention.cu");
+pub const CUDA_SOURCE: &str = concat!(include_str!("../dtypes.cuh"), include_str!("paged_attention.cu"));
 
 /// One sequence's share of a flattened batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,7 +271,8 @@ pub fn write_kv(
     Ok(())
 }
 
-fn check_shapes(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, layout: &AttentionLayout) -> Result<()> {
+/// The shape checks of both attention ops (q against the pool, GQA, the layout against both).
+pub(crate) fn check_shapes(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, layout: &AttentionLayout) -> Result<()> {
     let (num_tokens, num_heads, head_dim) = q.dims3()?;
     let (num_blocks, block_size, num_kv_heads, kv_head_dim) = k_cache.dims4()?;
     if v_cache.dims() != k_cache.dims() {

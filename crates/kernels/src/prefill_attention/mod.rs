@@ -67,12 +67,12 @@ pub mod cuda;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
-use crate::paged_attention::{paged_attention, AttentionLayout};
-use crate::{KernelError, Result};
+use crate::paged_attention::{check_shapes, paged_attention, AttentionLayout};
+use crate::Result;
 
 /// CUDA C source of the kernel (compiled by NVRTC at run time; kept buildable without the
 /// `cuda` feature so a CPU-only test can check that it compiles).
-pub const CUDA_SOURCE: &str = include_str!("prefill_attention.cu");
+pub const CUDA_SOURCE: &str = concat!(include_str!("../dtypes.cuh"), include_str!("prefill_attention.cu"));
 
 /// Head dims the tiled kernel is instantiated for.
 pub const HEAD_DIMS: [usize; 3] = [64, 128, 256];
@@ -151,31 +151,6 @@ impl CustomOp3 for PrefillAttentionOp {
     }
 }
 
-/// The shape checks of `paged_attention` (q against the pool, GQA, the layout against both).
-fn check_shapes(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, layout: &AttentionLayout) -> Result<()> {
-    let (num_tokens, num_heads, head_dim) = q.dims3()?;
-    let (num_blocks, block_size, num_kv_heads, kv_head_dim) = k_cache.dims4()?;
-    if v_cache.dims() != k_cache.dims() {
-        return Err(KernelError::InvalidMetadata(format!(
-            "k_cache {:?} and v_cache {:?} differ",
-            k_cache.dims(),
-            v_cache.dims()
-        )));
-    }
-    if kv_head_dim != head_dim || block_size != layout.block_size {
-        return Err(KernelError::InvalidMetadata(format!(
-            "q head_dim {head_dim} / block_size {} do not match the pool {:?}",
-            layout.block_size,
-            k_cache.dims()
-        )));
-    }
-    if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
-        return Err(KernelError::InvalidMetadata(format!(
-            "{num_heads} query heads cannot share {num_kv_heads} kv heads"
-        )));
-    }
-    layout.validate(num_tokens, num_blocks)
-}
 
 #[cfg(test)]
 mod tests;
