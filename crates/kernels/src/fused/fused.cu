@@ -12,35 +12,11 @@
 
 #define MAX_WARPS 32
 
-struct bf16 { unsigned short bits; };
-struct f16 { unsigned short bits; };
-
-__device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(bf16 x) { return __uint_as_float(((unsigned int)x.bits) << 16); }
-__device__ __forceinline__ float to_f32(f16 x) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
-    return f;
-}
-
-__device__ __forceinline__ float from_f32(float x, float*) { return x; }
-__device__ __forceinline__ bf16 from_f32(float x, bf16*) {
-    unsigned int u = __float_as_uint(x);
-    bf16 r;
-    if ((u & 0x7fffffffu) > 0x7f800000u) {
-        r.bits = 0x7fc0;  // NaN
-    } else {
-        u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
-        r.bits = (unsigned short)(u >> 16);
-    }
+template <typename T> __device__ __forceinline__ T round_to(float x) {
+    T r;
+    store(&r, x);
     return r;
 }
-__device__ __forceinline__ f16 from_f32(float x, f16*) {
-    f16 r;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(x));
-    return r;
-}
-template <typename T> __device__ __forceinline__ T round_to(float x) { return from_f32(x, (T*)0); }
 
 __device__ float block_sum(float v, float* scratch) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -5,9 +5,6 @@
 
 #define GREEDY_THREADS 1024
 #define NO_TOKEN 0xFFFFFFFFu
-// NVRTC has no math.h, so no INFINITY.
-#define POS_INF __int_as_float(0x7f800000)
-#define NEG_INF __int_as_float(0xff800000)
 
 extern "C" __global__ void greedy_tokens_f32(const float* __restrict__ logits, unsigned int* __restrict__ out,
                                              unsigned int vocab) {

@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::{KernelError, Result};
 
 /// CUDA C source of the kernel.
-pub const CUDA_SOURCE: &str = include_str!("greedy.cu");
+pub const CUDA_SOURCE: &str = concat!(include_str!("../dtypes.cuh"), include_str!("greedy.cu"));
 
 /// The entry of a row that has no greedy token (non-finite logits).
 pub const NO_TOKEN: u32 = u32::MAX;

@@ -1,5 +1,5 @@
-// Paged attention on CUDA, compiled at run time by NVRTC (no headers: BF16/F16 are converted by
-// hand so the source needs nothing from the toolkit's include directory).
+// Paged attention on CUDA, compiled at run time by NVRTC (after `dtypes.cuh`: BF16/F16 are converted
+// by hand, so the source needs nothing from the toolkit's include directory).
 //
 // Two paths over one inner loop (`attend_range`):
 // - one-block (`paged_attention_*`): one thread block per (query row, head) walks all visible
@@ -29,36 +29,6 @@
 
 #define MAX_DIMS_PER_THREAD 4
 #define MAX_WARPS 32
-#define NEG_INF __int_as_float(0xff800000)
-
-struct bf16 { unsigned short bits; };
-struct f16 { unsigned short bits; };
-
-__device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(bf16 x) { return __uint_as_float(((unsigned int)x.bits) << 16); }
-__device__ __forceinline__ float to_f32(f16 x) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
-    return f;
-}
-
-__device__ __forceinline__ void store(float* p, float x) { *p = x; }
-__device__ __forceinline__ void store(bf16* p, float x) {
-    unsigned int u = __float_as_uint(x);
-    unsigned short bits;
-    if ((u & 0x7fffffffu) > 0x7f800000u) {
-        bits = 0x7fc0;  // NaN
-    } else {
-        u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
-        bits = (unsigned short)(u >> 16);
-    }
-    p->bits = bits;
-}
-__device__ __forceinline__ void store(f16* p, float x) {
-    unsigned short bits;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(x));
-    p->bits = bits;
-}
 
 // Reduces over the block; every thread gets the result. `scratch` holds MAX_WARPS floats.
 __device__ float block_max(float v, float* scratch) {

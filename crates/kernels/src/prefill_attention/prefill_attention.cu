@@ -1,5 +1,5 @@
 // Tiled (FlashAttention-style) attention for prompt rows over the paged KV pool, compiled at
-// run time by NVRTC (no headers: BF16/F16 are converted by hand).
+// run time by NVRTC after `dtypes.cuh` (BF16/F16 converted by hand).
 //
 // Work split: grid (ceil(num_rows * group / NQV), num_kv_heads), 128 threads (4 warps).
 // `group` = num_heads / num_kv_heads. The block's *query vectors* are NQV consecutive
@@ -36,36 +36,6 @@
 #define BK 32
 #define DC 64
 #define KPAD 4
-#define NEG_INF __int_as_float(0xff800000)
-
-struct bf16 { unsigned short bits; };
-struct f16 { unsigned short bits; };
-
-__device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(bf16 x) { return __uint_as_float(((unsigned int)x.bits) << 16); }
-__device__ __forceinline__ float to_f32(f16 x) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
-    return f;
-}
-
-__device__ __forceinline__ void store(float* p, float x) { *p = x; }
-__device__ __forceinline__ void store(bf16* p, float x) {
-    unsigned int u = __float_as_uint(x);
-    unsigned short bits;
-    if ((u & 0x7fffffffu) > 0x7f800000u) {
-        bits = 0x7fc0;  // NaN
-    } else {
-        u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
-        bits = (unsigned short)(u >> 16);
-    }
-    p->bits = bits;
-}
-__device__ __forceinline__ void store(f16* p, float x) {
-    unsigned short bits;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(x));
-    p->bits = bits;
-}
 
 __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));

@@ -16,28 +16,6 @@
 
 #define ROWS_PER_BLOCK 4
 
-struct bf16 { unsigned short bits; };
-struct f16 { unsigned short bits; };
-
-__device__ __forceinline__ float h2f(unsigned short bits) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(bits));
-    return f;
-}
-__device__ __forceinline__ float to_f32(bf16 x) { return __uint_as_float(((unsigned int)x.bits) << 16); }
-__device__ __forceinline__ float to_f32(f16 x) { return h2f(x.bits); }
-__device__ __forceinline__ void store(bf16* p, float x) {
-    unsigned int u = __float_as_uint(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) { p->bits = 0x7fc0; return; }
-    u += 0x7fffu + ((u >> 16) & 1u);
-    p->bits = (unsigned short)(u >> 16);
-}
-__device__ __forceinline__ void store(f16* p, float x) {
-    unsigned short bits;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(x));
-    p->bits = bits;
-}
-
 // 8 consecutive activations (16 bytes, 16-byte aligned) as floats.
 template <typename T>
 __device__ __forceinline__ void load8(const T* p, float* out) {

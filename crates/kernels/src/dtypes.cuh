@@ -1,0 +1,37 @@
+// Element types and conversions shared by every hearth CUDA C source (prepended to each by its
+// module's `CUDA_SOURCE`). NVRTC compiles without the toolkit's headers, so BF16/F16 are plain
+// 16-bit structs converted by hand, and the infinities are spelled by their bits (no math.h).
+// All arithmetic is F32: `to_f32` reads an element, `store` writes one rounded to nearest even
+// (NaN stays NaN).
+
+#define POS_INF __int_as_float(0x7f800000)
+#define NEG_INF __int_as_float(0xff800000)
+
+struct bf16 { unsigned short bits; };
+struct f16 { unsigned short bits; };
+
+__device__ __forceinline__ float h2f(unsigned short bits) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(bits));
+    return f;
+}
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(bf16 x) { return __uint_as_float(((unsigned int)x.bits) << 16); }
+__device__ __forceinline__ float to_f32(f16 x) { return h2f(x.bits); }
+
+__device__ __forceinline__ void store(float* p, float x) { *p = x; }
+__device__ __forceinline__ void store(bf16* p, float x) {
+    unsigned int u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        p->bits = 0x7fc0;  // NaN
+        return;
+    }
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+    p->bits = (unsigned short)(u >> 16);
+}
+__device__ __forceinline__ void store(f16* p, float x) {
+    unsigned short bits;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(x));
+    p->bits = bits;
+}
+
