@@ -12,8 +12,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -25,6 +23,7 @@ use hearth_cluster::{
     NodeState, RefusalDirection, Role, DEFAULT_COORDINATOR_PORT, NODE_ID_FILE,
 };
 
+use crate::stop_signal::StopSignal;
 use crate::device::{ComputeDevice, DeviceChoice};
 
 #[derive(clap::Subcommand, Debug)]
@@ -272,24 +271,12 @@ pub fn run_until_signal(node: Node) -> Result<()> {
     );
     use std::io::Write;
     std::io::stdout().flush()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("starting the signal handler")?;
-    runtime.spawn({
-        let stop = Arc::clone(&stop);
-        async move {
-            hearth_server::shutdown_signal().await;
-            stop.store(true, Ordering::Relaxed);
-        }
-    });
+    let stop = StopSignal::install()?;
     let events = node.subscribe();
     // Each (peer host, reason) is printed once: a peer retrying in a loop is one line.
     let mut reported_refusals = std::collections::BTreeSet::new();
     let mut reported_worker_state: (Option<String>, Option<String>) = (None, None);
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.stopped() {
         std::thread::sleep(Duration::from_millis(200));
         while let Some(event) = events.as_ref().and_then(|events| events.try_recv().ok()) {
             match event {

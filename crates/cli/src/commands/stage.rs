@@ -15,8 +15,6 @@
 
 use std::net::TcpListener;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -26,6 +24,7 @@ use hearth_cluster::{
 use hearth_models::PipelineStage;
 use hearth_pipeline::{StageOffer, StageServer, StageServerParams};
 
+use crate::stop_signal::StopSignal;
 use crate::commands::cluster::KeyArgs;
 use crate::device::DeviceChoice;
 use crate::open::{open_files, ModelArgs};
@@ -130,22 +129,8 @@ pub fn run(args: StageArgs) -> Result<()> {
     };
     use std::io::Write;
     std::io::stdout().flush()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("starting the signal handler")?;
-    runtime.spawn({
-        let stop = Arc::clone(&stop);
-        async move {
-            hearth_server::shutdown_signal().await;
-            stop.store(true, Ordering::Relaxed);
-        }
-    });
-    let served = server.serve(&listener, &stop);
-    runtime.shutdown_background();
-    served?;
+    let stop = StopSignal::install()?;
+    server.serve(&listener, stop.flag())?;
     Ok(())
 }
 
