@@ -204,7 +204,7 @@ impl RopeWriteKv<'_> {
         if tokens > 0 {
             let func = MODULE.function(q.0, &format!("rope_write_kv_{}", suffix(q.0.dtype())?))?;
             let pairs = (num_heads + num_kv_heads) * half;
-            let cfg = LaunchConfig { grid_dim: (tokens as u32, 1, 1), block_dim: (threads_for(pairs).min(256), 1, 1), shared_mem_bytes: 0 };
+            let cfg = LaunchConfig { grid_dim: (tokens as u32, 1, 1), block_dim: (threads_for(pairs), 1, 1), shared_mem_bytes: 0 };
             let mut b = func.builder();
             b.arg(&q_out).arg(&k_cache).arg(&v_cache).arg(&qv).arg(&kv).arg(&vv);
             b.arg(&cos).arg(&sin).arg(&positions).arg(&slots);

@@ -14,8 +14,24 @@ use crate::Result;
 
 pub static MODULE: CudaModule = CudaModule::new("hearth_quant_matvec", "matvec.cu", CUDA_SOURCE);
 
-/// Output rows per thread block (`ROWS_PER_BLOCK` in the .cu): one warp each.
+/// Output rows per thread block of the float kernels (`ROWS_PER_BLOCK` in matvec.cu) and of the
+/// int8-activation kernels (`Q8X_WARPS` in matvec_int8.cu): one warp each.
 const ROWS_PER_BLOCK: u32 = 4;
+const Q8X_ROWS_PER_BLOCK: u32 = 8;
+/// Shared memory a block may use without opting in to more.
+const MAX_SHARED_BYTES: usize = 48 * 1024;
+
+/// Shared bytes of an int8-activation kernel for `rows` activation rows of width `k`: a float2
+/// (scale, scaled sum) per 32 values, then the int8 values.
+fn int8_shared_bytes(rows: usize, k: usize) -> usize {
+    rows * (k / 32 * 8 + k)
+}
+
+/// Whether `dtype` x `rows`x`k` activations take the int8-activation kernel (Q4_K, Q6_K, when
+/// the quantized rows fit the block's shared memory), else the float kernel.
+pub(super) fn uses_int8_activations(dtype: GgmlDType, rows: usize, k: usize) -> bool {
+    matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K) && int8_shared_bytes(rows, k) <= MAX_SHARED_BYTES
+}
 
 struct QuantMatvec<'a> {
     w: &'a QTensor,
@@ -61,17 +77,28 @@ impl QuantMatvec<'_> {
         let weights = self.w.device_ptr()? as u64;
         // SAFETY: every element is written (one warp per output row, all rows covered).
         let out = unsafe { dev.alloc::<T>(rows * n)? };
-        let kernel = format!("matvec_{}_{suffix}_{rows}", format_name(self.w.dtype())?);
-        let func = MODULE.function(x, &kernel)?;
-        let cfg = LaunchConfig {
-            grid_dim: ((n as u32).div_ceil(ROWS_PER_BLOCK), 1, 1),
-            block_dim: (32, ROWS_PER_BLOCK, 1),
-            shared_mem_bytes: 0,
+        let format = format_name(self.w.dtype())?;
+        let (kernel, cfg) = if uses_int8_activations(self.w.dtype(), rows, k) {
+            let cfg = LaunchConfig {
+                grid_dim: ((n as u32).div_ceil(Q8X_ROWS_PER_BLOCK), 1, 1),
+                block_dim: (32, Q8X_ROWS_PER_BLOCK, 1),
+                shared_mem_bytes: int8_shared_bytes(rows, k) as u32,
+            };
+            (format!("matvec_q8x_{format}_{suffix}_{rows}"), cfg)
+        } else {
+            let cfg = LaunchConfig {
+                grid_dim: ((n as u32).div_ceil(ROWS_PER_BLOCK), 1, 1),
+                block_dim: (32, ROWS_PER_BLOCK, 1),
+                shared_mem_bytes: 0,
+            };
+            (format!("matvec_{format}_{suffix}_{rows}"), cfg)
         };
+        let func = MODULE.function(x, &kernel)?;
         let (n_u32, k_u32) = (n as u32, k as u32);
         let mut b = func.builder();
         b.arg(&weights).arg(&xv).arg(&out).arg(&n_u32).arg(&k_u32);
-        // SAFETY: argument order and types match `matvec_*`; the weight pointer covers n rows
+        // SAFETY: argument order and types match `matvec_*` and `matvec_q8x_*` (whose dynamic
+        // shared memory is `int8_shared_bytes`); the weight pointer covers n rows
         // of k / block_size blocks (candle's QTensor of shape [n, k]); xv is rows x k.
         unsafe { b.launch(cfg) }.w()?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((rows, n))))

@@ -15,7 +15,8 @@ fn gpu() -> Option<Device> {
 #[test]
 fn nvrtc_compiles_the_matvec_source() {
     let ptx = cuda::MODULE.compile().unwrap_or_else(|e| panic!("NVRTC failed: {e:?}")).to_src();
-    for format in ["q4k", "q6k", "q8_0", "q4_0"] {
+    let int8_kernels = ["q8x_q4k", "q8x_q6k"];
+    for format in ["q4k", "q6k", "q8_0", "q4_0"].into_iter().chain(int8_kernels) {
         for suffix in ["bf16", "f16"] {
             for rows in 1..=MAX_ROWS {
                 let name = format!("matvec_{format}_{suffix}_{rows}");
@@ -35,12 +36,15 @@ fn relative_diff(fast: &Tensor, slow: &Tensor) -> f32 {
     (fast - slow).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap() / scale
 }
 
+/// Every format, dtype and row count against the F32 product. Q4_K/Q6_K round the activations
+/// to int8 (relative error ~1/254 per value), so both dtypes get the BF16 tolerance there.
 #[test]
 fn every_format_matches_the_reference() {
     let Some(device) = gpu() else { return };
     let formats = [GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::Q8_0, GgmlDType::Q4_0];
-    // (n, k): attention-, MLP- and odd-sized products.
-    for (n, k) in [(96, 512), (37, 1024), (256, 2304)] {
+    // (n, k): attention-, MLP- and odd-sized products; 14336 wide takes the float kernels from
+    // 3 rows on (the int8 rows no longer fit shared memory).
+    for (n, k) in [(96, 512), (37, 1024), (256, 2304), (40, 14336)] {
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
         for format in formats {
             let q = QTensor::quantize_onto(&w, format, &device).unwrap();
@@ -52,9 +56,36 @@ fn every_format_matches_the_reference() {
                     let slow = quant_matvec_reference(&q, &x).unwrap();
                     assert_eq!(fast.dims(), [rows, n]);
                     let diff = relative_diff(&fast, &slow);
-                    let tolerance = if dtype == DType::BF16 { 1e-2 } else { 2e-3 };
-                    assert!(diff <= tolerance, "{format:?} {n}x{k} {dtype:?} rows {rows}: relative diff {diff}");
+                    let int8 = cuda::uses_int8_activations(format, rows, k);
+                    let tolerance = if dtype == DType::BF16 || int8 { 1e-2 } else { 2e-3 };
+                    assert!(diff <= tolerance, "{format:?} {n}x{k} {dtype:?} rows {rows} int8 {int8}: relative diff {diff}");
                 }
+            }
+        }
+    }
+}
+
+/// The int8-activation kernels against the F32 product of the same int8-rounded activations:
+/// only summation order and the output rounding differ.
+#[test]
+fn int8_kernels_match_the_rounded_activation_reference() {
+    let Some(device) = gpu() else { return };
+    for (n, k) in [(64, 4096), (29, 768)] {
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        for format in [GgmlDType::Q4K, GgmlDType::Q6K] {
+            let q = QTensor::quantize_onto(&w, format, &device).unwrap();
+            for rows in [1, 2, 5, 8] {
+                assert!(cuda::uses_int8_activations(format, rows, k));
+                // A large outlier in one group, zeros in another: scales from 0 to far apart.
+                let mut values = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+                values[0][5] = 40.0;
+                values[rows - 1][64..96].fill(0.0);
+                let x = Tensor::new(values, &device).unwrap().to_dtype(DType::F16).unwrap();
+                let fast = quant_matvec(&q, &x).unwrap();
+                let rounded = int8_activations_reference(&x).unwrap();
+                let slow = quant_matvec_reference(&q, &rounded).unwrap().to_dtype(DType::F16).unwrap();
+                let diff = relative_diff(&fast, &slow);
+                assert!(diff <= 2e-3, "{format:?} {n}x{k} rows {rows}: relative diff {diff}");
             }
         }
     }

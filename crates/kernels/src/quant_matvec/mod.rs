@@ -2,10 +2,12 @@
 //! (1..=8 rows), where reading the weights is the whole cost.
 //!
 //! [`quant_matvec`] reads ggml blocks (Q4_K, Q6_K, Q8_0, Q4_0) straight from the `QTensor`'s
-//! device memory and BF16/F16 activations as they are (candle's path first quantizes the
-//! activations to Q8_1 in a separate kernel per product), accumulating in F32
-//! (`matvec.cu`, NVRTC). [`quant_matvec_reference`] dequantizes the whole matrix and multiplies in
-//! F32; tests on the GPU bind the two (`cuda_tests.rs`). [`supported`] says when the fast path
+//! device memory, accumulating in F32 (NVRTC). Q4_K and Q6_K first quantize the activations to
+//! int8 per 32 values inside the kernel's block and multiply with dp4a (`matvec_int8.cu`; the
+//! rounding is what [`int8_activations_reference`] does); when the quantized rows do not fit a
+//! block's shared memory, and for Q8_0/Q4_0, the activations are read as they are
+//! (`matvec.cu`). [`quant_matvec_reference`] dequantizes the whole matrix and multiplies in F32;
+//! tests on the GPU bind the kernels to it (`cuda_tests.rs`). [`supported`] says when the fast path
 //! applies; callers use candle's QMatMul otherwise (prompts, other block types, the CPU).
 
 #[cfg(feature = "cuda")]
@@ -19,7 +21,7 @@ use candle_core::{DType, Tensor};
 use crate::Result;
 
 /// CUDA C source of the kernels.
-pub const CUDA_SOURCE: &str = concat!(include_str!("../dtypes.cuh"), include_str!("matvec.cu"));
+pub const CUDA_SOURCE: &str = concat!(include_str!("../dtypes.cuh"), include_str!("matvec.cu"), include_str!("matvec_int8.cu"));
 
 /// Most activation rows one launch takes (kernels are instantiated for 1..=8).
 pub const MAX_ROWS: usize = 8;
@@ -54,6 +56,23 @@ pub fn quant_matvec(w: &QTensor, x: &Tensor) -> Result<Tensor> {
         let _ = (w, x);
         Err(crate::KernelError::InvalidMetadata("quant_matvec needs the cuda feature".into()))
     }
+}
+
+/// Activations as the Q4_K/Q6_K kernels see them: per 32 consecutive values of a row, `d =
+/// max|x| / 127` and each value becomes `d * round_half_even(x / d)`. `x`: `[rows, k]`, k a
+/// multiple of 32; result F32 on `x`'s device.
+pub fn int8_activations_reference(x: &Tensor) -> Result<Tensor> {
+    let (rows, k) = x.dims2()?;
+    let values = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let rounded: Vec<f32> = values
+        .chunks(32)
+        .flat_map(|group| {
+            let amax = group.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let (d, inv) = if amax > 0.0 { (amax / 127.0, 127.0 / amax) } else { (0.0, 0.0) };
+            group.iter().map(move |v| d * (v * inv).round_ties_even())
+        })
+        .collect();
+    Ok(Tensor::from_vec(rounded, (rows, k), x.device())?)
 }
 
 /// The reference: dequantize `w` to F32 and multiply in F32; result in `x`'s dtype.

@@ -1,0 +1,164 @@
+// Q4_K and Q6_K x few activation rows with int8 activations (appended to matvec.cu, whose helpers
+// it uses). The float kernels above spend ~5 instructions per weight (unpack, convert, FMA, sums)
+// and are bound by instruction issue at ~2e12 weights/s, about 1 TB/s of Q4_K on the H100. Here
+// the block first quantizes its activation rows into shared memory, as llama.cpp's MMVQ does in a
+// kernel of its own, and then multiplies with dp4a (four int8 products per instruction).
+//
+// Activations: per 32 consecutive values of a row, q = round(x / d) with d = max|x| / 127, and
+// s = d * sum(q) (what a Q4_K min term needs). Products are exact integer dot products of the
+// weight quants and q, scaled in F32, so the result differs from the F32 product only by the
+// rounding of x to int8 (relative error ~1/254 per value).
+//
+// Shared memory: float2 (d, s) per 32-value group of every row, then the int8 rows.
+// Block: Q8X_WARPS warps, one output row each; every warp takes part in the quantization.
+
+#define Q8X_WARPS 8
+
+__device__ __forceinline__ int dp4a(unsigned int a, unsigned int b, int c) {
+    int r;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+
+// Bytes in 0..63 minus 32, as int8, four at once: setting bit 7 first keeps the subtraction
+// from borrowing across bytes; clearing it again yields the two's complement byte.
+__device__ __forceinline__ unsigned int minus32_bytes(unsigned int q) {
+    return ((q | 0x80808080u) - 0x20202020u) ^ 0x80808080u;
+}
+
+// Quantizes rows x[NCOLS][ncols] into ds/xq. Each thread takes 8 consecutive values; the 4
+// threads of a 32-value group are adjacent lanes of one warp. Every thread of the block loops the
+// same number of times so whole warps reach the shuffles.
+template <typename T, int NCOLS>
+__device__ void quantize_rows(const T* __restrict__ x, unsigned int ncols, float2* ds, unsigned char* xq) {
+    const unsigned int tid = threadIdx.y * 32 + threadIdx.x, nthreads = 32 * blockDim.y;
+    const unsigned int pieces = NCOLS * ncols / 8;
+    for (unsigned int first = 0; first < pieces; first += nthreads) {
+        const unsigned int p = first + tid;
+        const bool valid = p < pieces;
+        float v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        if (valid) load8(x + 8ull * p, v);  // rows are contiguous: piece p starts at value 8p
+        float amax = 0.0f;
+        for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(v[i]));
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+        const float d = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        int q[8], sum = 0;
+        for (int i = 0; i < 8; ++i) {
+            q[i] = __float2int_rn(v[i] * inv);
+            sum += q[i];
+        }
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        if (valid) {
+            uint2 packed;
+            packed.x = (q[0] & 0xFF) | ((q[1] & 0xFF) << 8) | ((q[2] & 0xFF) << 16) | ((unsigned int)(q[3] & 0xFF) << 24);
+            packed.y = (q[4] & 0xFF) | ((q[5] & 0xFF) << 8) | ((q[6] & 0xFF) << 16) | ((unsigned int)(q[7] & 0xFF) << 24);
+            *(uint2*)(xq + 8ull * p) = packed;
+            if (p % 4 == 0) {
+                float2 group;
+                group.x = d;
+                group.y = d * (float)sum;
+                ds[p / 4] = group;
+            }
+        }
+    }
+    __syncthreads();
+}
+
+template <typename T, int NCOLS>
+__device__ void matvec_q8x_q4k(const unsigned char* __restrict__ w, const T* __restrict__ x, T* __restrict__ y,
+                               unsigned int nrows, unsigned int ncols) {
+    extern __shared__ float2 ds[];
+    unsigned char* xq = (unsigned char*)(ds + NCOLS * (ncols / 32));
+    quantize_rows<T, NCOLS>(x, ncols, ds, xq);
+    const unsigned int row = blockIdx.x * Q8X_WARPS + threadIdx.y;
+    if (row >= nrows) return;
+    const unsigned int nsb = ncols / 256;
+    const unsigned char* row_w = w + (unsigned long long)row * nsb * 144;
+    const unsigned int lane = threadIdx.x, t = lane % 8;
+    const unsigned int j = t / 2, l0 = (t % 2) * 16;
+    float acc[NCOLS];
+    for (int c = 0; c < NCOLS; ++c) acc[c] = 0.0f;
+    for (unsigned int sb = lane / 8; sb < nsb; sb += 4) {
+        const Q4KPiece p = q4k_load(row_w + sb * 144, j, l0);
+        const float d = h2f((unsigned short)(p.head.x & 0xffffu)), dmin = h2f((unsigned short)(p.head.x >> 16));
+        unsigned int scale_lo, min_lo, scale_hi, min_hi;
+        q4k_scale_min(p.head, 2 * j, &scale_lo, &min_lo);
+        q4k_scale_min(p.head, 2 * j + 1, &scale_hi, &min_hi);
+        const unsigned int qw[4] = {p.qs.x, p.qs.y, p.qs.z, p.qs.w};
+        const unsigned int k0 = sb * 256 + j * 64 + l0;   // first low-nibble weight; high: k0 + 32
+        const unsigned int g0 = sb * 8 + 2 * j;            // their 32-value groups: g0, g0 + 1
+        for (int c = 0; c < NCOLS; ++c) {
+            const uint4 xl = *(const uint4*)(xq + (unsigned long long)c * ncols + k0);
+            const uint4 xh = *(const uint4*)(xq + (unsigned long long)c * ncols + k0 + 32);
+            const unsigned int xlw[4] = {xl.x, xl.y, xl.z, xl.w}, xhw[4] = {xh.x, xh.y, xh.z, xh.w};
+            int dot_lo = 0, dot_hi = 0;
+            for (int i = 0; i < 4; ++i) {
+                dot_lo = dp4a(qw[i] & 0x0F0F0F0Fu, xlw[i], dot_lo);
+                dot_hi = dp4a((qw[i] >> 4) & 0x0F0F0F0Fu, xhw[i], dot_hi);
+            }
+            const float2 ds_lo = ds[c * (ncols / 32) + g0], ds_hi = ds[c * (ncols / 32) + g0 + 1];
+            float a = d * ((float)scale_lo * ds_lo.x * (float)dot_lo + (float)scale_hi * ds_hi.x * (float)dot_hi);
+            // The min term covers a whole group: the lane with the group's first 16 weights adds it.
+            if (l0 == 0) a -= dmin * ((float)min_lo * ds_lo.y + (float)min_hi * ds_hi.y);
+            acc[c] += a;
+        }
+    }
+    finish<T, NCOLS>(acc, y, row, nrows);
+}
+
+template <typename T, int NCOLS>
+__device__ void matvec_q8x_q6k(const unsigned char* __restrict__ w, const T* __restrict__ x, T* __restrict__ y,
+                               unsigned int nrows, unsigned int ncols) {
+    extern __shared__ float2 ds[];
+    unsigned char* xq = (unsigned char*)(ds + NCOLS * (ncols / 32));
+    quantize_rows<T, NCOLS>(x, ncols, ds, xq);
+    const unsigned int row = blockIdx.x * Q8X_WARPS + threadIdx.y;
+    if (row >= nrows) return;
+    const unsigned int nsb = ncols / 256;
+    const unsigned char* row_w = w + (unsigned long long)row * nsb * 210;
+    const unsigned int lane = threadIdx.x, t = lane % 8;
+    const unsigned int n = t / 4, l0 = (t % 4) * 8;
+    float acc[NCOLS];
+    for (int c = 0; c < NCOLS; ++c) acc[c] = 0.0f;
+    for (unsigned int sb = lane / 8; sb < nsb; sb += 4) {
+        const Q6KPiece p = q6k_load(row_w + sb * 210, n, l0);
+        // int8 weights (6-bit value - 32) of the four 8-weight quarters, 32 apart
+        unsigned int q[4][2];
+        for (int h = 0; h < 2; ++h) {
+            const unsigned int a = p.ql_a[h], bb = p.ql_b[h], qh = p.qh[h];
+            q[0][h] = minus32_bytes((a & 0x0F0F0F0Fu) | ((qh << 4) & 0x30303030u));
+            q[1][h] = minus32_bytes((bb & 0x0F0F0F0Fu) | ((qh << 2) & 0x30303030u));
+            q[2][h] = minus32_bytes(((a >> 4) & 0x0F0F0F0Fu) | (qh & 0x30303030u));
+            q[3][h] = minus32_bytes(((bb >> 4) & 0x0F0F0F0Fu) | ((qh >> 2) & 0x30303030u));
+        }
+        const float d = h2f(p.d);
+        const unsigned int k0 = sb * 256 + 128 * n + l0;
+        for (int c = 0; c < NCOLS; ++c) {
+            float a = 0.0f;
+            for (int i = 0; i < 4; ++i) {
+                const unsigned int k = k0 + 32 * i;
+                const uint2 xv = *(const uint2*)(xq + (unsigned long long)c * ncols + k);
+                const int dot = dp4a(q[i][1], xv.y, dp4a(q[i][0], xv.x, 0));
+                a += (float)p.scales[i] * ds[c * (ncols / 32) + k / 32].x * (float)dot;
+            }
+            acc[c] += d * a;
+        }
+    }
+    finish<T, NCOLS>(acc, y, row, nrows);
+}
+
+#define Q8X_KERNEL(FMT, SUFFIX, T, N)                                                                  \
+    extern "C" __global__ void matvec_q8x_##FMT##_##SUFFIX##_##N(const unsigned char* w, const T* x, T* y, \
+                                                                   unsigned int nrows, unsigned int ncols) { \
+        matvec_q8x_##FMT<T, N>(w, x, y, nrows, ncols);                                                \
+    }
+#define Q8X_ALL_COLS(FMT, SUFFIX, T)                                                                  \
+    Q8X_KERNEL(FMT, SUFFIX, T, 1) Q8X_KERNEL(FMT, SUFFIX, T, 2) Q8X_KERNEL(FMT, SUFFIX, T, 3)        \
+    Q8X_KERNEL(FMT, SUFFIX, T, 4) Q8X_KERNEL(FMT, SUFFIX, T, 5) Q8X_KERNEL(FMT, SUFFIX, T, 6)        \
+    Q8X_KERNEL(FMT, SUFFIX, T, 7) Q8X_KERNEL(FMT, SUFFIX, T, 8)
+#define Q8X_ALL_TYPES(FMT) Q8X_ALL_COLS(FMT, bf16, bf16) Q8X_ALL_COLS(FMT, f16, f16)
+
+Q8X_ALL_TYPES(q4k)
+Q8X_ALL_TYPES(q6k)
