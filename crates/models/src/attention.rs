@@ -40,7 +40,10 @@ impl Attention {
         let num_tokens = x.dim(0)?;
         let (q_dim, kv_dim) = (self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim);
         let (q, k, v) = match &self.qkv {
-            QkvProj::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+            QkvProj::Separate { q, k, v } => {
+                let [q, k, v] = Linear::forward_many([q, k, v], x)?;
+                (q, k, v)
+            }
             QkvProj::Fused(qkv) => {
                 // [num_tokens, q_dim + 2 * kv_dim]
                 let all = qkv.forward(x)?;

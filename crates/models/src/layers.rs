@@ -201,6 +201,35 @@ impl Linear {
         })
     }
 
+    /// `x` through several layers that read it (Q, K, V; gate, up): on a GPU, quantized
+    /// generation-sized products take one grouped launch that quantizes `x` once
+    /// (`quant_matvec_group`); otherwise one forward each. Same results either way.
+    pub fn forward_many<const N: usize>(linears: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
+        let quantized: Option<Vec<&QTensor>> = linears
+            .iter()
+            .map(|linear| match &linear.weight {
+                LinearWeight::Candle(QMatMul::QTensor(q)) => Some(q.as_ref()),
+                _ => None,
+            })
+            .collect();
+        let outputs: Vec<Tensor> = match quantized {
+            Some(qs) if N > 1 && !x.device().is_cpu() && quant_matvec::group_supported(&qs, x) => {
+                let outputs = quant_matvec::quant_matvec_group(&qs, x)?;
+                linears
+                    .iter()
+                    .zip(outputs)
+                    .map(|(linear, y)| Ok(match &linear.bias {
+                        Some(b) => y.broadcast_add(b)?,
+                        None => y,
+                    }))
+                    .collect::<Result<_>>()?
+            }
+            _ => linears.iter().map(|linear| linear.forward(x)).collect::<Result<_>>()?,
+        };
+        let count = outputs.len();
+        outputs.try_into().map_err(|_| candle_core::Error::Msg(format!("forward_many: {count} outputs for {N} layers")).into())
+    }
+
     /// Bytes of the weight and bias as stored (what one forward reads).
     pub fn stored_bytes(&self) -> u64 {
         self.weight.stored_bytes() + self.bias.as_ref().map_or(0, tensor_bytes)
@@ -414,7 +443,10 @@ pub enum GateUp {
 impl Mlp {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (gate, up) = match &self.gate_up {
-            GateUp::Separate { gate, up } => (gate.forward(x)?, up.forward(x)?),
+            GateUp::Separate { gate, up } => {
+                let [gate, up] = Linear::forward_many([gate, up], x)?;
+                (gate, up)
+            }
             GateUp::Fused(fused) => {
                 // [num_tokens, 2 * intermediate] -> two [num_tokens, intermediate]
                 let both = fused.forward(x)?;

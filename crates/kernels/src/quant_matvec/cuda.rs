@@ -3,12 +3,12 @@
 //! them; the kernel reads only `n * k` weights' blocks).
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
-use super::CUDA_SOURCE;
+use super::{int8_shared_bytes, uses_int8_activations, CUDA_SOURCE, MAX_GROUP};
 use crate::nvrtc::{contiguous_view, CudaModule};
 use crate::Result;
 
@@ -18,20 +18,6 @@ pub static MODULE: CudaModule = CudaModule::new("hearth_quant_matvec", "matvec.c
 /// int8-activation kernels (`Q8X_WARPS` in matvec_int8.cu): one warp each.
 const ROWS_PER_BLOCK: u32 = 4;
 const Q8X_ROWS_PER_BLOCK: u32 = 8;
-/// Shared memory a block may use without opting in to more.
-const MAX_SHARED_BYTES: usize = 48 * 1024;
-
-/// Shared bytes of an int8-activation kernel for `rows` activation rows of width `k`: a float2
-/// (scale, scaled sum) per 32 values, then the int8 values.
-fn int8_shared_bytes(rows: usize, k: usize) -> usize {
-    rows * (k / 32 * 8 + k)
-}
-
-/// Whether `dtype` x `rows`x`k` activations take the int8-activation kernel (Q4_K, Q6_K, when
-/// the quantized rows fit the block's shared memory), else the float kernel.
-pub(super) fn uses_int8_activations(dtype: GgmlDType, rows: usize, k: usize) -> bool {
-    matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K) && int8_shared_bytes(rows, k) <= MAX_SHARED_BYTES
-}
 
 struct QuantMatvec<'a> {
     w: &'a QTensor,
@@ -108,4 +94,111 @@ impl QuantMatvec<'_> {
 pub fn quant_matvec(w: &QTensor, x: &Tensor) -> Result<Tensor> {
     let x = x.contiguous()?;
     Ok(x.apply_op1_no_bwd(&QuantMatvec { w })?)
+}
+
+/// One matrix of a grouped launch (`Q8xMatrix` in matvec_int8.cu).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct GroupMatrix {
+    w: u64,
+    y: u64,
+    nrows: u32,
+    format: u32,
+}
+
+/// The grouped kernel's first argument (`Q8xMatrices` in matvec_int8.cu), passed by value.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct GroupMatrices {
+    m: [GroupMatrix; MAX_GROUP],
+    count: u32,
+}
+
+// SAFETY: plain old data with the C layout of `Q8xMatrices`.
+unsafe impl DeviceRepr for GroupMatrices {}
+
+/// `x Wᵢᵀ` for every matrix of the group, one launch; the outputs lie one after the other in a
+/// flat `[rows * Σ nᵢ]` result (matrix i's `[rows, nᵢ]` block at `rows * Σ_{j<i} nⱼ`).
+struct QuantMatvecGroup<'a> {
+    ws: &'a [&'a QTensor],
+}
+
+impl CustomOp1 for QuantMatvecGroup<'_> {
+    fn name(&self) -> &'static str {
+        "quant-matvec-group"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("quant_matvec_group has only a CUDA body")
+    }
+
+    fn cuda_fwd(&self, x: &CudaStorage, x_l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        match x.dtype() {
+            DType::BF16 => self.launch::<half::bf16>(x, x_l, "bf16"),
+            DType::F16 => self.launch::<half::f16>(x, x_l, "f16"),
+            other => candle_core::bail!("quant_matvec_group: activations must be BF16 or F16, got {other:?}"),
+        }
+    }
+}
+
+impl QuantMatvecGroup<'_> {
+    fn launch<T: CudaDType + DeviceRepr>(&self, x: &CudaStorage, x_l: &Layout, suffix: &str) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (rows, k) = x_l.shape().dims2()?;
+        if !(1..=MAX_GROUP).contains(&self.ws.len()) || !uses_int8_activations(GgmlDType::Q4K, rows, k) {
+            candle_core::bail!("quant_matvec_group: {} matrices, activations {rows}x{k}", self.ws.len());
+        }
+        let xv = contiguous_view::<T>(x, x_l, "quant_matvec_group: activations")?;
+        let dev = x.device().clone();
+        let stream = dev.cuda_stream();
+        let total_n: usize = self.ws.iter().map(|w| w.shape().dims()[0]).sum();
+        // SAFETY: every element is written (one warp per output row of every matrix).
+        let out = unsafe { dev.alloc::<T>(rows * total_n)? };
+        let (base, guard) = out.device_ptr(&stream);
+        let mut group = GroupMatrices { count: self.ws.len() as u32, ..Default::default() };
+        let (mut offset, mut blocks) = (0, 0);
+        for (slot, w) in group.m.iter_mut().zip(self.ws) {
+            let (n, w_k) = w.shape().dims2()?;
+            let format = match w.dtype() {
+                GgmlDType::Q4K => 0,
+                GgmlDType::Q6K => 1,
+                other => candle_core::bail!("quant_matvec_group: no int8 kernel for {other:?}"),
+            };
+            if w_k != k {
+                candle_core::bail!("quant_matvec_group: weight {n}x{w_k}, activations {rows}x{k}");
+            }
+            let y = base + (offset * std::mem::size_of::<T>()) as u64;
+            *slot = GroupMatrix { w: w.device_ptr()? as u64, y, nrows: n as u32, format };
+            offset += rows * n;
+            blocks += (n as u32).div_ceil(Q8X_ROWS_PER_BLOCK);
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (32, Q8X_ROWS_PER_BLOCK, 1),
+            shared_mem_bytes: int8_shared_bytes(rows, k) as u32,
+        };
+        let func = MODULE.function(x, &format!("matvec_q8x_group_{suffix}_{rows}"))?;
+        let k_u32 = k as u32;
+        let mut b = func.builder();
+        b.arg(&group).arg(&xv).arg(&k_u32);
+        // SAFETY: arguments match `matvec_q8x_group_*`; each matrix pointer covers its n rows of
+        // k / 256 blocks, each output pointer its rows x n elements inside `out`; xv is rows x k.
+        unsafe { b.launch(cfg) }.w()?;
+        drop(guard);
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(rows * total_n)))
+    }
+}
+
+pub fn quant_matvec_group(ws: &[&QTensor], x: &Tensor) -> Result<Vec<Tensor>> {
+    let x = x.contiguous()?;
+    let rows = x.dim(0)?;
+    let flat = x.apply_op1_no_bwd(&QuantMatvecGroup { ws })?;
+    let mut offset = 0;
+    ws.iter()
+        .map(|w| {
+            let n = w.shape().dims()[0];
+            let out = flat.narrow(0, offset, rows * n)?.reshape((rows, n))?;
+            offset += rows * n;
+            Ok(out)
+        })
+        .collect()
 }

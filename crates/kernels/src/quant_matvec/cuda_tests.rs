@@ -15,7 +15,7 @@ fn gpu() -> Option<Device> {
 #[test]
 fn nvrtc_compiles_the_matvec_source() {
     let ptx = cuda::MODULE.compile().unwrap_or_else(|e| panic!("NVRTC failed: {e:?}")).to_src();
-    let int8_kernels = ["q8x_q4k", "q8x_q6k"];
+    let int8_kernels = ["q8x_q4k", "q8x_q6k", "q8x_group"];
     for format in ["q4k", "q6k", "q8_0", "q4_0"].into_iter().chain(int8_kernels) {
         for suffix in ["bf16", "f16"] {
             for rows in 1..=MAX_ROWS {
@@ -56,7 +56,7 @@ fn every_format_matches_the_reference() {
                     let slow = quant_matvec_reference(&q, &x).unwrap();
                     assert_eq!(fast.dims(), [rows, n]);
                     let diff = relative_diff(&fast, &slow);
-                    let int8 = cuda::uses_int8_activations(format, rows, k);
+                    let int8 = uses_int8_activations(format, rows, k);
                     let tolerance = if dtype == DType::BF16 || int8 { 1e-2 } else { 2e-3 };
                     assert!(diff <= tolerance, "{format:?} {n}x{k} {dtype:?} rows {rows} int8 {int8}: relative diff {diff}");
                 }
@@ -75,7 +75,7 @@ fn int8_kernels_match_the_rounded_activation_reference() {
         for format in [GgmlDType::Q4K, GgmlDType::Q6K] {
             let q = QTensor::quantize_onto(&w, format, &device).unwrap();
             for rows in [1, 2, 5, 8] {
-                assert!(cuda::uses_int8_activations(format, rows, k));
+                assert!(uses_int8_activations(format, rows, k));
                 // A large outlier in one group, zeros in another: scales from 0 to far apart.
                 let mut values = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
                 values[0][5] = 40.0;
@@ -86,6 +86,32 @@ fn int8_kernels_match_the_rounded_activation_reference() {
                 let slow = quant_matvec_reference(&q, &rounded).unwrap().to_dtype(DType::F16).unwrap();
                 let diff = relative_diff(&fast, &slow);
                 assert!(diff <= 2e-3, "{format:?} {n}x{k} rows {rows}: relative diff {diff}");
+            }
+        }
+    }
+}
+
+/// Q, K, V-like groups (mixed Q4_K/Q6_K, different heights) in one launch equal one launch each.
+#[test]
+fn a_group_equals_its_matrices_one_by_one() {
+    let Some(device) = gpu() else { return };
+    let k = 1024;
+    let matrix = |n: usize, format| {
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        QTensor::quantize_onto(&w, format, &device).unwrap()
+    };
+    let (q, kk, v) = (matrix(256, GgmlDType::Q4K), matrix(64, GgmlDType::Q4K), matrix(61, GgmlDType::Q6K));
+    for group in [vec![&q, &kk, &v], vec![&v, &q], vec![&kk]] {
+        for rows in [1, 3, 8] {
+            let x = Tensor::randn(0f32, 1.0, (rows, k), &device).unwrap().to_dtype(DType::BF16).unwrap();
+            assert!(group_supported(&group, &x));
+            let outputs = quant_matvec_group(&group, &x).unwrap();
+            assert_eq!(outputs.len(), group.len());
+            for (w, out) in group.iter().zip(&outputs) {
+                let single = quant_matvec(w, &x).unwrap();
+                assert_eq!(out.dims(), single.dims());
+                let diff = relative_diff(out, &single);
+                assert!(diff == 0.0, "{:?} rows {rows}: grouped differs from single by {diff}", w.dtype());
             }
         }
     }

@@ -66,20 +66,14 @@ __device__ void quantize_rows(const T* __restrict__ x, unsigned int ncols, float
     __syncthreads();
 }
 
-template <typename T, int NCOLS>
-__device__ void matvec_q8x_q4k(const unsigned char* __restrict__ w, const T* __restrict__ x, T* __restrict__ y,
-                               unsigned int nrows, unsigned int ncols) {
-    extern __shared__ float2 ds[];
-    unsigned char* xq = (unsigned char*)(ds + NCOLS * (ncols / 32));
-    quantize_rows<T, NCOLS>(x, ncols, ds, xq);
-    const unsigned int row = blockIdx.x * Q8X_WARPS + threadIdx.y;
-    if (row >= nrows) return;
+// One output row of Q4_K weights against the quantized activations: this lane's partial sums.
+template <int NCOLS>
+__device__ void q8x_q4k_row(const unsigned char* __restrict__ w, unsigned int row, unsigned int ncols,
+                            const float2* ds, const unsigned char* xq, float* acc) {
     const unsigned int nsb = ncols / 256;
     const unsigned char* row_w = w + (unsigned long long)row * nsb * 144;
     const unsigned int lane = threadIdx.x, t = lane % 8;
     const unsigned int j = t / 2, l0 = (t % 2) * 16;
-    float acc[NCOLS];
-    for (int c = 0; c < NCOLS; ++c) acc[c] = 0.0f;
     for (unsigned int sb = lane / 8; sb < nsb; sb += 4) {
         const Q4KPiece p = q4k_load(row_w + sb * 144, j, l0);
         const float d = h2f((unsigned short)(p.head.x & 0xffffu)), dmin = h2f((unsigned short)(p.head.x >> 16));
@@ -105,23 +99,16 @@ __device__ void matvec_q8x_q4k(const unsigned char* __restrict__ w, const T* __r
             acc[c] += a;
         }
     }
-    finish<T, NCOLS>(acc, y, row, nrows);
 }
 
-template <typename T, int NCOLS>
-__device__ void matvec_q8x_q6k(const unsigned char* __restrict__ w, const T* __restrict__ x, T* __restrict__ y,
-                               unsigned int nrows, unsigned int ncols) {
-    extern __shared__ float2 ds[];
-    unsigned char* xq = (unsigned char*)(ds + NCOLS * (ncols / 32));
-    quantize_rows<T, NCOLS>(x, ncols, ds, xq);
-    const unsigned int row = blockIdx.x * Q8X_WARPS + threadIdx.y;
-    if (row >= nrows) return;
+// One output row of Q6_K weights against the quantized activations: this lane's partial sums.
+template <int NCOLS>
+__device__ void q8x_q6k_row(const unsigned char* __restrict__ w, unsigned int row, unsigned int ncols,
+                            const float2* ds, const unsigned char* xq, float* acc) {
     const unsigned int nsb = ncols / 256;
     const unsigned char* row_w = w + (unsigned long long)row * nsb * 210;
     const unsigned int lane = threadIdx.x, t = lane % 8;
     const unsigned int n = t / 4, l0 = (t % 4) * 8;
-    float acc[NCOLS];
-    for (int c = 0; c < NCOLS; ++c) acc[c] = 0.0f;
     for (unsigned int sb = lane / 8; sb < nsb; sb += 4) {
         const Q6KPiece p = q6k_load(row_w + sb * 210, n, l0);
         // int8 weights (6-bit value - 32) of the four 8-weight quarters, 32 apart
@@ -146,19 +133,83 @@ __device__ void matvec_q8x_q6k(const unsigned char* __restrict__ w, const T* __r
             acc[c] += d * a;
         }
     }
-    finish<T, NCOLS>(acc, y, row, nrows);
 }
 
-#define Q8X_KERNEL(FMT, SUFFIX, T, N)                                                                  \
+#define FORMAT_Q4K 0
+#define FORMAT_Q6K 1
+
+// Up to three matrices of one width against the same activation rows in one launch (a block's
+// rows all come from one matrix: blocks [0, blocks0) the first, then the second, the third).
+// The activations are quantized once per block, and two or three launches become one.
+struct Q8xMatrix {
+    const unsigned char* w;
+    void* y;
+    unsigned int nrows;
+    unsigned int format;
+};
+
+struct Q8xMatrices {
+    Q8xMatrix m[3];
+    unsigned int count;  // 1..=3
+};
+
+__device__ __forceinline__ unsigned int blocks_for(unsigned int nrows) { return (nrows + Q8X_WARPS - 1) / Q8X_WARPS; }
+
+template <typename T, int NCOLS>
+__device__ void matvec_q8x_group(const Q8xMatrices& ms, const T* __restrict__ x, unsigned int ncols) {
+    extern __shared__ float2 ds[];
+    unsigned char* xq = (unsigned char*)(ds + NCOLS * (ncols / 32));
+    quantize_rows<T, NCOLS>(x, ncols, ds, xq);
+    // This block's matrix, chosen without indexing the parameter array (which would copy it to
+    // local memory).
+    const unsigned int b0 = blocks_for(ms.m[0].nrows), b1 = blocks_for(ms.m[1].nrows);
+    unsigned int block = blockIdx.x;
+    Q8xMatrix mat;
+    if (ms.count < 2 || block < b0) {
+        mat = ms.m[0];
+    } else if (ms.count < 3 || block < b0 + b1) {
+        mat = ms.m[1];
+        block -= b0;
+    } else {
+        mat = ms.m[2];
+        block -= b0 + b1;
+    }
+    const unsigned int row = block * Q8X_WARPS + threadIdx.y;
+    if (row >= mat.nrows) return;
+    float acc[NCOLS];
+    for (int c = 0; c < NCOLS; ++c) acc[c] = 0.0f;
+    if (mat.format == FORMAT_Q4K) q8x_q4k_row<NCOLS>(mat.w, row, ncols, ds, xq, acc);
+    else q8x_q6k_row<NCOLS>(mat.w, row, ncols, ds, xq, acc);
+    finish<T, NCOLS>(acc, (T*)mat.y, row, mat.nrows);
+}
+
+template <typename T, int NCOLS, int FORMAT>
+__device__ void matvec_q8x(const unsigned char* __restrict__ w, const T* __restrict__ x, T* __restrict__ y,
+                           unsigned int nrows, unsigned int ncols) {
+    Q8xMatrices one;
+    one.m[0].w = w;
+    one.m[0].y = y;
+    one.m[0].nrows = nrows;
+    one.m[0].format = FORMAT;
+    one.count = 1;
+    matvec_q8x_group<T, NCOLS>(one, x, ncols);
+}
+
+#define Q8X_KERNEL(FMT, FORMAT, SUFFIX, T, N)                                                         \
     extern "C" __global__ void matvec_q8x_##FMT##_##SUFFIX##_##N(const unsigned char* w, const T* x, T* y, \
                                                                    unsigned int nrows, unsigned int ncols) { \
-        matvec_q8x_##FMT<T, N>(w, x, y, nrows, ncols);                                                \
+        matvec_q8x<T, N, FORMAT>(w, x, y, nrows, ncols);                                              \
     }
-#define Q8X_ALL_COLS(FMT, SUFFIX, T)                                                                  \
-    Q8X_KERNEL(FMT, SUFFIX, T, 1) Q8X_KERNEL(FMT, SUFFIX, T, 2) Q8X_KERNEL(FMT, SUFFIX, T, 3)        \
-    Q8X_KERNEL(FMT, SUFFIX, T, 4) Q8X_KERNEL(FMT, SUFFIX, T, 5) Q8X_KERNEL(FMT, SUFFIX, T, 6)        \
-    Q8X_KERNEL(FMT, SUFFIX, T, 7) Q8X_KERNEL(FMT, SUFFIX, T, 8)
-#define Q8X_ALL_TYPES(FMT) Q8X_ALL_COLS(FMT, bf16, bf16) Q8X_ALL_COLS(FMT, f16, f16)
+#define Q8X_GROUP_KERNEL(SUFFIX, T, N)                                                                \
+    extern "C" __global__ void matvec_q8x_group_##SUFFIX##_##N(Q8xMatrices matrices, const T* x,      \
+                                                                 unsigned int ncols) {                \
+        matvec_q8x_group<T, N>(matrices, x, ncols);                                                                      \
+    }
+#define Q8X_ALL(SUFFIX, T, N) \
+    Q8X_KERNEL(q4k, FORMAT_Q4K, SUFFIX, T, N) Q8X_KERNEL(q6k, FORMAT_Q6K, SUFFIX, T, N) Q8X_GROUP_KERNEL(SUFFIX, T, N)
+#define Q8X_ALL_COLS(SUFFIX, T)                                                                      \
+    Q8X_ALL(SUFFIX, T, 1) Q8X_ALL(SUFFIX, T, 2) Q8X_ALL(SUFFIX, T, 3) Q8X_ALL(SUFFIX, T, 4)          \
+    Q8X_ALL(SUFFIX, T, 5) Q8X_ALL(SUFFIX, T, 6) Q8X_ALL(SUFFIX, T, 7) Q8X_ALL(SUFFIX, T, 8)
 
-Q8X_ALL_TYPES(q4k)
-Q8X_ALL_TYPES(q6k)
+Q8X_ALL_COLS(bf16, bf16)
+Q8X_ALL_COLS(f16, f16)

@@ -26,6 +26,54 @@ pub const CUDA_SOURCE: &str = concat!(include_str!("../dtypes.cuh"), include_str
 /// Most activation rows one launch takes (kernels are instantiated for 1..=8).
 pub const MAX_ROWS: usize = 8;
 
+/// Most matrices [`quant_matvec_group`] takes in one launch (`Q8xMatrices` in matvec_int8.cu).
+pub const MAX_GROUP: usize = 3;
+
+/// Shared memory a block may use without opting in to more.
+const MAX_SHARED_BYTES: usize = 48 * 1024;
+
+/// Shared bytes of an int8-activation kernel for `rows` activation rows of width `k`: a float2
+/// (scale, scaled sum) per 32 values, then the int8 values.
+fn int8_shared_bytes(rows: usize, k: usize) -> usize {
+    rows * (k / 32 * 8 + k)
+}
+
+/// Whether `dtype` x `rows`x`k` activations take the int8-activation kernels (Q4_K, Q6_K, when
+/// the quantized rows fit a block's shared memory), else the float kernels.
+/// `HEARTH_INT8_ACTIVATIONS=0` sends every product to the float kernels (slower, no rounding of
+/// the activations).
+pub fn uses_int8_activations(dtype: GgmlDType, rows: usize, k: usize) -> bool {
+    int8_activations_enabled()
+        && matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K)
+        && int8_shared_bytes(rows, k) <= MAX_SHARED_BYTES
+}
+
+fn int8_activations_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("HEARTH_INT8_ACTIVATIONS").map_or(true, |v| v.trim() != "0"))
+}
+
+/// Whether [`quant_matvec_group`] handles the matrices `ws` (1..=[`MAX_GROUP`], Q4_K/Q6_K, one
+/// width) times `x`.
+pub fn group_supported(ws: &[&QTensor], x: &Tensor) -> bool {
+    let Ok((rows, k)) = x.dims2() else { return false };
+    (1..=MAX_GROUP).contains(&ws.len()) && ws.iter().all(|w| supported(w, x) && uses_int8_activations(w.dtype(), rows, k))
+}
+
+/// `[x W₀ᵀ, x W₁ᵀ, …]` in one launch that quantizes `x` once (the Q, K, V or gate and up
+/// projections of a generation step). Call only where [`group_supported`] holds.
+pub fn quant_matvec_group(ws: &[&QTensor], x: &Tensor) -> Result<Vec<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::quant_matvec_group(ws, x)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (ws, x);
+        Err(crate::KernelError::InvalidMetadata("quant_matvec_group needs the cuda feature".into()))
+    }
+}
+
 /// Whether [`quant_matvec`] handles `w` (`[n, k]`) times `x` (`[rows, k]`).
 pub fn supported(w: &QTensor, x: &Tensor) -> bool {
     let block = match w.dtype() {
