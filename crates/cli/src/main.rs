@@ -8,6 +8,7 @@ mod device;
 mod open;
 mod pipeline;
 mod pipeline_plan;
+mod replan;
 mod stop_signal;
 mod store;
 mod tensor_parallel;

@@ -13,24 +13,35 @@
 //! Owns: the stages in order, the samplers, step ids. Does not own: the scheduler or block
 //! bookkeeping (the engine loop's), model math (`hearth-models`).
 //!
+//! Steps in flight (`in_flight`): the engine may submit up to `max_steps_in_flight` steps
+//! (default: one per stage; `set_max_steps_in_flight` caps it, 1 = one step at a time); each
+//! stage computes one of them at a time, so different stages compute different steps at once.
+//!
 //! Invariants: the stages' layer ranges are contiguous from 0 to `num_layers` (checked at
 //! construction); every stage's KV pool has the scheduler's shape; a step that fails on any
 //! stage returns an error naming it and no tokens are sampled for that step; a stage whose
-//! connection broke is dialed again before the next step, and if it answers (empty) the KV
-//! generation advances (the engine then fails every live request and forgets cached blocks).
+//! connection broke is dialed again before the next step started while no step is in flight
+//! (with steps in flight, new steps fail at once naming it until they drained), and if it
+//! answers (empty) the KV generation advances (the engine then fails every live request and
+//! forgets cached blocks); `forward`/`execute` run one step alone and refuse to start while
+//! steps submitted with `submit` are in flight.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::Range;
 
 use candle_core::{Device, Tensor};
 use hearth_cluster::Dialer;
-use hearth_engine::serve::{sequence_inputs, Executor, RequestSamplers, SampledOutput, SamplingSetup};
-use hearth_models::{ForwardBatch, ModelConfig, PagedKvCache, PipelineStage, SequenceInput, StageInput, StageOutput};
+use hearth_engine::serve::{sequence_inputs, Executor, RequestSamplers, SampledOutput, SamplingSetup, Submitted};
+use hearth_models::{ModelConfig, PagedKvCache, PipelineStage, SequenceInput};
 use hearth_scheduler::{RequestId, StepPlan};
 
 use crate::error::{PipelineError, Result, StageName};
 use crate::remote_stage::{PipelineTiming, PoolShape, RemoteStage};
-use crate::wire::OutputKind;
+
+mod in_flight;
+mod replan;
+pub use replan::{HeldStages, Replanner, RETRY_INTERVAL};
 
 /// A stage running in this process, with its KV pool.
 pub struct LocalStage {
@@ -85,6 +96,14 @@ pub struct PipelineExecutor {
     timing: PipelineTiming,
     /// Advances when a stage came back with an empty KV pool (`Executor::kv_generation`).
     kv_generation: u64,
+    /// Re-planning around gone stages (`replan`); `None`: a given placement.
+    replan: Option<replan::ReplanState>,
+    /// Steps started and not yet finished, oldest first (`in_flight`).
+    in_flight: VecDeque<in_flight::StepInFlight>,
+    /// The plans of the steps `submit` started, oldest first (for sampling).
+    plans: VecDeque<StepPlan>,
+    /// Most steps in flight, if capped below the number of stages.
+    max_steps_in_flight: Option<usize>,
 }
 
 impl PipelineExecutor {
@@ -131,7 +150,17 @@ impl PipelineExecutor {
             config: params.config.clone(),
             timing: params.timing,
             kv_generation: 0,
+            replan: None,
+            in_flight: VecDeque::new(),
+            plans: VecDeque::new(),
+            max_steps_in_flight: None,
         })
+    }
+
+    /// Caps the steps in flight (`hearth serve --pipeline-depth`): 1 runs one step at a time;
+    /// the default and the most useful is one per stage.
+    pub fn set_max_steps_in_flight(&mut self, max_steps_in_flight: usize) {
+        self.max_steps_in_flight = Some(max_steps_in_flight.max(1));
     }
 
     /// The stages in order, for status lines.
@@ -139,47 +168,13 @@ impl PipelineExecutor {
         &self.names
     }
 
-    /// Runs one step through every stage. F32 logits `[num_logit_rows, vocab]`.
+    /// Runs one step through every stage, alone. F32 logits `[num_logit_rows, vocab]`.
     pub fn forward(&mut self, inputs: &[SequenceInput]) -> Result<Tensor> {
-        self.reconnect_broken_stages()?;
-        let step_id = self.next_step_id;
-        self.next_step_id += 1;
-        let batch = ForwardBatch::new(inputs, self.pool.block_size, &self.device)?;
-        let num_stages = self.stages.len();
-        let mut hidden: Option<Tensor> = None;
-        for (stage_idx, runner) in self.stages.iter_mut().enumerate() {
-            let is_last = stage_idx + 1 == num_stages;
-            let name = &self.names[stage_idx];
-            let (kind, tensor) = match runner {
-                StageRunner::Local(local) => {
-                    let hidden = hidden.as_ref().map(|h| h.to_dtype(local.stage.dtype())).transpose()?;
-                    let input = match &hidden {
-                        Some(h) => StageInput::Hidden(h),
-                        None => StageInput::TokenIds,
-                    };
-                    let output = local
-                        .stage
-                        .forward(input, &batch, &local.kv_cache)
-                        .map_err(|err| PipelineError::Stage { stage: name.clone(), reason: err.to_string() })?;
-                    match output {
-                        StageOutput::Hidden(h) => (OutputKind::Hidden, h),
-                        StageOutput::Logits(l) => (OutputKind::Logits, l),
-                    }
-                }
-                StageRunner::Remote(remote) => remote.run(step_id, inputs, hidden.as_ref(), &self.device)?,
-            };
-            match (kind, is_last) {
-                (OutputKind::Logits, true) => return Ok(tensor),
-                (OutputKind::Hidden, false) => hidden = Some(tensor),
-                (kind, _) => {
-                    return Err(PipelineError::Stage {
-                        stage: name.clone(),
-                        reason: format!("returned {kind:?} output, which does not fit its place in the pipeline"),
-                    })
-                }
-            }
+        if !self.in_flight.is_empty() {
+            return Err(PipelineError::Config(format!("a step cannot run alone while {} steps are in flight", self.in_flight.len())));
         }
-        Err(PipelineError::Config("a pipeline without stages".into()))
+        self.start_step(inputs.to_vec())?;
+        self.finish_oldest()
     }
 }
 
@@ -189,6 +184,7 @@ impl PipelineExecutor {
     /// and this step fails, so the engine fails every live request; later steps run normally.
     /// A stage that does not answer fails the step naming it and both errors.
     fn reconnect_broken_stages(&mut self) -> Result<()> {
+        self.ensure_placed()?;
         for (stage_idx, runner) in self.stages.iter_mut().enumerate() {
             let StageRunner::Remote(remote) = runner else { continue };
             let Some(earlier) = remote.failure().map(str::to_string) else { continue };
@@ -206,10 +202,13 @@ impl PipelineExecutor {
                         ),
                     }
                 }
-                Err(err) => PipelineError::Stage {
-                    stage: name,
-                    reason: format!("unavailable after an earlier failure ({earlier}); reconnecting failed: {err}"),
-                },
+                Err(err) => {
+                    let reason = format!("unavailable after an earlier failure ({earlier}); reconnecting failed: {err}");
+                    match self.replan_without(&name, &reason) {
+                        Some(replanned) => replanned,
+                        None => PipelineError::Stage { stage: name, reason },
+                    }
+                }
             });
         }
         Ok(())
@@ -227,12 +226,30 @@ impl Executor for PipelineExecutor {
 
     fn execute(&mut self, plan: &StepPlan) -> hearth_engine::Result<Vec<SampledOutput>> {
         // [num_sampling_requests, vocab]
-        let logits = self.forward(&sequence_inputs(plan))?;
+        let logits = self.forward(&sequence_inputs(plan)).map_err(|err| self.after_failed_step(err))?;
         self.samplers.sample(plan, &logits)
     }
 
     fn kv_generation(&self) -> u64 {
         self.kv_generation
+    }
+
+    fn max_steps_in_flight(&self) -> usize {
+        let num_stages = self.stages.len();
+        self.max_steps_in_flight.map_or(num_stages, |cap| cap.min(num_stages)).max(1)
+    }
+
+    fn submit(&mut self, plan: &StepPlan) -> hearth_engine::Result<Submitted> {
+        self.start_step(sequence_inputs(plan)).map_err(|err| self.after_failed_step_when_idle(err))?;
+        self.plans.push_back(plan.clone());
+        Ok(Submitted::InFlight)
+    }
+
+    fn complete_oldest(&mut self) -> hearth_engine::Result<Vec<SampledOutput>> {
+        let plan = self.plans.pop_front().ok_or_else(|| PipelineError::Config("no submitted step is in flight".into()))?;
+        // [num_sampling_requests, vocab]
+        let logits = self.finish_oldest().map_err(|err| self.after_failed_step_when_idle(err))?;
+        self.samplers.sample(&plan, &logits)
     }
 }
 

@@ -12,7 +12,8 @@
 //!   heartbeats.
 //! - `remote_stage`: the coordinator's connection to one stage, with bounded waits.
 //! - `executor`: `PipelineExecutor`, the engine's `Executor` over the stages (star topology:
-//!   the coordinator relays hidden states; see its docs for why).
+//!   the coordinator relays hidden states; see its docs for why); `executor/replan.rs`: when a
+//!   planned pipeline re-places its layers around a gone stage (through a `Replanner`).
 //! - `split_executor`: `SplitExecutor`, split prefill/decode: fresh prompts computed on a
 //!   prefill node, their K/V streamed back layer by layer, decode here.
 //!
@@ -28,7 +29,7 @@ mod transport;
 mod wire;
 
 pub use error::{PipelineError, Result, StageName};
-pub use executor::{check_contiguous, LocalStage, PipelineExecutor, PipelineParams, StageLocation, StageRunner};
+pub use executor::{check_contiguous, HeldStages, LocalStage, PipelineExecutor, PipelineParams, Replanner, StageLocation, StageRunner, RETRY_INTERVAL};
 pub use remote_stage::{PipelineTiming, PoolShape, RemoteStage};
 pub use split_executor::{SplitExecutor, SplitParams};
 pub use stage_server::{StageOffer, StageServer, StageServerParams};

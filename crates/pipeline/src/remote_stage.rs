@@ -1,10 +1,12 @@
 //! The coordinator's handle on a stage in another process: an authenticated `Purpose::Data`
 //! connection; `describe` (what it offers, for the planner), `open` with the layers and the KV
 //! pool's shape (checked against the expected layers and model), then one request/response per
-//! step.
+//! step — in one call (`run`), or split into `send_step` and `poll_output` so the coordinator
+//! can feed other stages while this one computes.
 //!
-//! Owns: the connection to one stage and the wait for its answer. Does not own: the order of
-//! stages or sampling (`executor`).
+//! Owns: the connection to one stage, the step it is computing (at most one: the stage answers
+//! steps in order, one at a time, and is sent the next only after this one's output), and the
+//! wait for its answer. Does not own: the order of stages or sampling (`executor`).
 //!
 //! Invariants: no wait is longer than the silence timeout without a message from the stage (it
 //! sends `Busy` while computing), so a dead, stopped or cut-off stage fails the step within
@@ -54,6 +56,15 @@ pub struct RemoteStage {
     timing: PipelineTiming,
     /// Set at the first failure that leaves the connection unusable.
     broken: Option<String>,
+    /// The step sent and not yet answered.
+    pending_step: Option<PendingStep>,
+}
+
+/// A step the stage is computing.
+struct PendingStep {
+    step_id: u64,
+    /// The last message from the stage about it (or when it was sent).
+    last_heard: Instant,
 }
 
 impl RemoteStage {
@@ -80,7 +91,7 @@ impl RemoteStage {
             .connect(address, Purpose::Data)
             .map_err(|err| PipelineError::Stage { stage: name.clone(), reason: format!("cannot connect: {err}") })?;
         connection.set_limits(PIPELINE_FRAME_LIMITS);
-        Ok(Self { name, address, connection, timing, broken: None })
+        Ok(Self { name, address, connection, timing, broken: None, pending_step: None })
     }
 
     /// What the stage offers (memory, bandwidth, compute) and the model it holds.
@@ -156,14 +167,47 @@ impl RemoteStage {
         hidden: Option<&Tensor>,
         device: &Device,
     ) -> Result<(OutputKind, Tensor)> {
-        let hidden = hidden.map(WireTensor::from_tensor).transpose()?;
-        let step = StageMessage::Step { step_id, sequences: sequences.to_vec(), hidden };
-        match self.request(&step, step_id)? {
-            StageMessage::Output { kind, tensor, .. } => {
-                let tensor = tensor.to_tensor(device).map_err(|err| self.fail_and_break(format!("sent an unusable tensor: {err}")))?;
-                Ok((kind, tensor))
+        self.send_step(step_id, sequences, hidden)?;
+        loop {
+            if let Some(output) = self.poll_output(POLL_SLICE, device)? {
+                return Ok(output);
             }
-            other => Err(self.fail_and_break(format!("answered a step with {} message", other.name()))),
+        }
+    }
+
+    /// Sends one step; `poll_output` gets its answer. Fails if a step is still pending (the
+    /// stage computes one step at a time).
+    pub fn send_step(&mut self, step_id: u64, sequences: &[SequenceInput], hidden: Option<&Tensor>) -> Result<()> {
+        if let Some(pending) = &self.pending_step {
+            return Err(self.error(format!("step {step_id} was sent while step {} is still computing", pending.step_id)));
+        }
+        let hidden = hidden.map(WireTensor::from_tensor).transpose()?;
+        self.send_request(&StageMessage::Step { step_id, sequences: sequences.to_vec(), hidden })?;
+        self.pending_step = Some(PendingStep { step_id, last_heard: Instant::now() });
+        Ok(())
+    }
+
+    /// Waits up to `wait` for the pending step's answer: `Ok(None)` while it computes (a
+    /// heartbeat, or silence shorter than the silence timeout); its hidden state or F32 logits;
+    /// or the error that ended it.
+    pub fn poll_output(&mut self, wait: Duration, device: &Device) -> Result<Option<(OutputKind, Tensor)>> {
+        let Some(pending) = &self.pending_step else {
+            return Err(self.error("no step is computing there".into()));
+        };
+        let (step_id, mut last_heard) = (pending.step_id, pending.last_heard);
+        let what = format!("step {step_id}");
+        let polled = self.poll_reply(&what, step_id, &mut last_heard, wait);
+        self.pending_step = match &polled {
+            Ok(None) => Some(PendingStep { step_id, last_heard }),
+            _ => None,
+        };
+        match polled? {
+            None => Ok(None),
+            Some(StageMessage::Output { kind, tensor, .. }) => {
+                let tensor = tensor.to_tensor(device).map_err(|err| self.fail_and_break(format!("sent an unusable tensor: {err}")))?;
+                Ok(Some((kind, tensor)))
+            }
+            Some(other) => Err(self.fail_and_break(format!("answered a step with {} message", other.name()))),
         }
     }
 
@@ -214,41 +258,50 @@ impl RemoteStage {
     /// The next message about `step_id` (the answer to `message`), skipping `Busy` heartbeats,
     /// with no more than the silence timeout between messages.
     fn next_reply(&mut self, message: &StageMessage, step_id: u64) -> Result<StageMessage> {
+        let what = match message {
+            StageMessage::Step { .. } => format!("step {step_id}"),
+            StageMessage::Open { .. } => "opening the stage".to_string(),
+            StageMessage::ExportKv { .. } => format!("the KV export of step {step_id}"),
+            other => other.name().to_string(),
+        };
         let mut last_heard = Instant::now();
         loop {
-            if last_heard.elapsed() > self.timing.silence_timeout {
-                return Err(self.fail_and_break(format!("silent for {:?} (no answer, no heartbeat)", self.timing.silence_timeout)));
+            if let Some(reply) = self.poll_reply(&what, step_id, &mut last_heard, POLL_SLICE)? {
+                return Ok(reply);
             }
-            let reply = match poll(&mut self.connection, POLL_SLICE) {
-                Ok(Some(reply)) => reply,
-                Ok(None) => continue,
-                Err(PipelineError::Cluster(hearth_cluster::ClusterError::Closed)) => {
-                    return Err(self.fail_and_break("closed the connection (the stage process died or was stopped)".into()))
-                }
-                Err(err) => return Err(self.fail_and_break(format!("connection failed: {err}"))),
-            };
-            last_heard = Instant::now();
-            match reply {
-                StageMessage::Busy { step_id: busy_id } if busy_id == step_id => continue,
-                StageMessage::Failed { step_id: failed_id, message: failure } if failed_id == step_id => {
-                    let what = match message {
-                        StageMessage::Step { .. } => format!("step {step_id}"),
-                        StageMessage::Open { .. } => "opening the stage".to_string(),
-                        StageMessage::ExportKv { .. } => format!("the KV export of step {step_id}"),
-                        other => other.name().to_string(),
-                    };
-                    return Err(self.error(format!("{what} failed there: {failure}")));
-                }
-                StageMessage::Failed { message, .. } => return Err(self.fail_and_break(format!("failed: {message}"))),
-                StageMessage::Output { step_id: other_id, .. }
-                | StageMessage::Busy { step_id: other_id }
-                | StageMessage::KvLayer { step_id: other_id, .. }
-                    if other_id != step_id =>
-                {
-                    return Err(self.fail_and_break(format!("answered step {other_id} while step {step_id} was pending")))
-                }
-                reply => return Ok(reply),
+        }
+    }
+
+    /// Waits up to `wait` for a message about `step_id` (`what` names the request in errors):
+    /// `Ok(None)` after a `Busy` heartbeat or nothing, unless the stage has been silent longer
+    /// than the silence timeout since `last_heard` (which every message moves on).
+    fn poll_reply(&mut self, what: &str, step_id: u64, last_heard: &mut Instant, wait: Duration) -> Result<Option<StageMessage>> {
+        let reply = match poll(&mut self.connection, wait) {
+            Ok(Some(reply)) => reply,
+            Ok(None) if last_heard.elapsed() > self.timing.silence_timeout => {
+                return Err(self.fail_and_break(format!("silent for {:?} (no answer, no heartbeat)", self.timing.silence_timeout)))
             }
+            Ok(None) => return Ok(None),
+            Err(PipelineError::Cluster(hearth_cluster::ClusterError::Closed)) => {
+                return Err(self.fail_and_break("closed the connection (the stage process died or was stopped)".into()))
+            }
+            Err(err) => return Err(self.fail_and_break(format!("connection failed: {err}"))),
+        };
+        *last_heard = Instant::now();
+        match reply {
+            StageMessage::Busy { step_id: busy_id } if busy_id == step_id => Ok(None),
+            StageMessage::Failed { step_id: failed_id, message: failure } if failed_id == step_id => {
+                Err(self.error(format!("{what} failed there: {failure}")))
+            }
+            StageMessage::Failed { message, .. } => Err(self.fail_and_break(format!("failed: {message}"))),
+            StageMessage::Output { step_id: other_id, .. }
+            | StageMessage::Busy { step_id: other_id }
+            | StageMessage::KvLayer { step_id: other_id, .. }
+                if other_id != step_id =>
+            {
+                Err(self.fail_and_break(format!("answered step {other_id} while step {step_id} was pending")))
+            }
+            reply => Ok(Some(reply)),
         }
     }
 

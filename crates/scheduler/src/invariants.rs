@@ -10,6 +10,7 @@
 //!   `num_blocks_used` counts exactly the referenced blocks);
 //! - every request is in exactly one of `waiting` (status Waiting/Preempted) or `running`
 //!   (status Running), each once; `running.len() <= max_num_seqs`;
+//! - every request in flight (planned, not yet updated) is known and running;
 //! - each request's block hashes equal the chain recomputed from its tokens (full blocks);
 //! - a table block that holds a hash is full and computed, and holds the request's hash for
 //!   that block index (so a cache hit always finds the tokens its hash promises);
@@ -81,6 +82,11 @@ impl Scheduler {
             if !seen.insert(*id) {
                 return Err(format!("request {id} is queued twice"));
             }
+        }
+        if let Some(id) = self.in_flight.iter().find(|id| {
+            self.requests.get(id).map(|request| request.status) != Some(RequestStatus::Running)
+        }) {
+            return Err(format!("request {id} is in flight but not running"));
         }
         if seen.len() != self.requests.len() {
             return Err(format!(

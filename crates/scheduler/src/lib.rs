@@ -18,7 +18,9 @@
 //! `Scheduler::update(&plan, &sampled)`, which advances each entry's `num_computed_tokens` by
 //! its new tokens, registers newly full blocks in the prefix cache, appends each sampled token
 //! (or, if `finished`, frees the request), with exactly one `SampledToken` per entry whose
-//! `samples` is true. The `max_tokens`-th sample of a request must be `finished`.
+//! `samples` is true. The `max_tokens`-th sample of a request must be `finished`. Several
+//! plans may be in flight (scheduled, not yet updated): they never share a request, and are
+//! updated in any order, each once.
 //!
 //! Modules: `config`, `request`, `plan` (data); `scheduler` (policy); `kv_cache_manager`
 //! (a request's blocks); `prefix_cache` (hashes); `block_pool`, `free_queue`, `block_table`
@@ -49,6 +51,8 @@ pub use scheduler::Scheduler;
 mod proptests;
 #[cfg(test)]
 mod scheduler_error_tests;
+#[cfg(test)]
+mod scheduler_in_flight_tests;
 #[cfg(test)]
 mod scheduler_proptests;
 #[cfg(test)]

@@ -5,13 +5,20 @@
 //! running list (admission order, oldest first), and the counters behind `stats`. Does not
 //! own: block bookkeeping (`KvCacheManager`), hashing (`prefix_cache`), sampling, or tensors.
 //!
-//! Protocol: `schedule` -> run the plan -> `update(&plan, &sampled)`, one plan in flight at a
-//! time. `abort_request` may come at any point; `update` skips plan entries of requests
-//! aborted since `schedule`.
+//! Protocol: `schedule` -> run the plan -> `update(&plan, &sampled)`. Several plans may be in
+//! flight at once (a pipeline computes one step per stage): a plan's requests are *in flight*
+//! from the `schedule` that planned them to the `update` of that plan (or their abort), and a
+//! later `schedule` leaves them out, so plans in flight never share a request. Plans in flight
+//! may be updated in any order, each exactly once. `abort_request` may come at any point;
+//! `update` skips plan entries of requests aborted since `schedule`.
 //!
-//! Policy, each step: running requests (oldest first) each get `min(uncomputed, budget left)`
-//! tokens; a request that cannot grow its table preempts the newest running request not yet
-//! in this plan (itself, if it is the newest: then no more running requests are scheduled).
+//! Policy, each step: running requests not in flight (oldest first) each get `min(uncomputed,
+//! budget left)` tokens; a request that cannot grow its table preempts the newest running
+//! request neither in this plan nor in flight (itself, if there is no other: then no more
+//! running requests are scheduled). A request in flight is never preempted: its step is
+//! writing K/V into its blocks. `schedule_share(num_plans)` plans at most its share of the
+//! requests not in flight (`ceil(n / num_plans)`), so that plans scheduled one after another
+//! for a pipeline's free slots split the requests evenly instead of the first taking all.
 //! Then, only if nobody was preempted this step (memory is tight, and a request preempted in
 //! this step must not re-enter the same plan), waiting requests are admitted FIFO with their longest cached prefix while the budget, `max_num_seqs` and free
 //! blocks allow; the first that does not fit stops admission (FIFO order is kept).
@@ -40,6 +47,8 @@ pub struct Scheduler {
     pub(crate) waiting: VecDeque<RequestId>,
     /// Running requests in admission order (oldest first).
     pub(crate) running: Vec<RequestId>,
+    /// Requests of plans handed out by `schedule` and not yet `update`d (all running).
+    pub(crate) in_flight: HashSet<RequestId>,
     num_prefix_query_tokens: u64,
     num_prefix_hit_tokens: u64,
     num_preemptions: u64,
@@ -65,6 +74,7 @@ impl Scheduler {
             requests: HashMap::new(),
             waiting: VecDeque::new(),
             running: Vec::new(),
+            in_flight: HashSet::new(),
             num_prefix_query_tokens: 0,
             num_prefix_hit_tokens: 0,
             num_preemptions: 0,
@@ -120,10 +130,18 @@ impl Scheduler {
 
     /// Builds the next step's plan (see the module header for the policy).
     pub fn schedule(&mut self) -> StepPlan {
+        self.schedule_share(1)
+    }
+
+    /// Builds a plan that is one of `num_plans` to be scheduled now: with at most
+    /// `ceil(n / num_plans)` requests, `n` being the requests not in flight.
+    pub fn schedule_share(&mut self, num_plans: usize) -> StepPlan {
+        let num_not_in_flight = self.requests.len().saturating_sub(self.in_flight.len());
+        let max_num_requests = num_not_in_flight.div_ceil(num_plans.max(1));
         let mut plan = StepPlan::default();
         let mut budget = self.config.max_num_batched_tokens;
         let mut running_idx = 0;
-        while running_idx < self.running.len() && budget > 0 {
+        while running_idx < self.running.len() && budget > 0 && plan.requests.len() < max_num_requests {
             let id = self.running[running_idx];
             let Some(request) = self.requests.get(&id) else {
                 self.note_internal(SchedulerError::UnknownRequest { id });
@@ -131,7 +149,7 @@ impl Scheduler {
                 continue;
             };
             let num_new_tokens = request.num_uncomputed_tokens().min(budget);
-            if num_new_tokens == 0 {
+            if num_new_tokens == 0 || self.in_flight.contains(&id) {
                 running_idx += 1;
                 continue;
             }
@@ -147,15 +165,17 @@ impl Scheduler {
             }
         }
         if plan.preempted.is_empty() {
-            self.admit_waiting(&mut plan, &mut budget);
+            self.admit_waiting(&mut plan, &mut budget, max_num_requests);
         }
         plan.num_batched_tokens = self.config.max_num_batched_tokens - budget;
         self.last_plan_check = plan.check_budgets(&self.config);
+        self.in_flight.extend(plan.requests.iter().map(|entry| entry.id));
         plan
     }
 
     /// Grows `running[running_idx]`'s table by `num_new_tokens`, preempting the newest running
-    /// requests (never one before `running_idx`) until it fits or it was preempted itself.
+    /// requests not in flight (never one before `running_idx`) until it fits or it was
+    /// preempted itself. `running[running_idx]` itself is not in flight.
     fn grow_or_preempt(
         &mut self,
         running_idx: usize,
@@ -171,13 +191,17 @@ impl Scheduler {
             if grown {
                 return Growth::Grown;
             }
-            // `running_idx < running.len()`, so there is a newest request to preempt.
-            let Some(victim) = self.running.pop() else {
+            // `running[running_idx]` is not in flight, so a victim is always found.
+            let Some(victim_idx) = (running_idx..self.running.len())
+                .rev()
+                .find(|&idx| !self.in_flight.contains(&self.running[idx]))
+            else {
                 return Growth::PreemptedItself;
             };
+            let victim = self.running.remove(victim_idx);
             self.preempt(victim);
             preempted.push(victim);
-            if self.running.len() == running_idx {
+            if victim_idx == running_idx {
                 return Growth::PreemptedItself;
             }
         }
@@ -194,9 +218,12 @@ impl Scheduler {
         self.num_preemptions += 1;
     }
 
-    fn admit_waiting(&mut self, plan: &mut StepPlan, budget: &mut usize) {
+    fn admit_waiting(&mut self, plan: &mut StepPlan, budget: &mut usize, max_num_requests: usize) {
         while let Some(&id) = self.waiting.front() {
-            if *budget == 0 || self.running.len() >= self.config.max_num_seqs {
+            if *budget == 0
+                || self.running.len() >= self.config.max_num_seqs
+                || plan.requests.len() >= max_num_requests
+            {
                 break;
             }
             let Some(request) = self.requests.get_mut(&id) else {
@@ -228,11 +255,12 @@ impl Scheduler {
 
     /// Applies a step's results: advances each entry's `num_computed_tokens` by its new
     /// tokens, registers newly full blocks in the prefix cache, appends each sampled token, and
-    /// frees (status Finished, then forgotten) requests whose sample has `finished`. `sampled`
-    /// holds exactly one entry per plan entry with `samples` (any order). Entries of requests
-    /// aborted since `schedule` are skipped (their samples are still expected). Errors, with
-    /// nothing applied: missing/duplicate/unexpected samples, a non-finishing
-    /// `max_tokens`-th sample, a plan that does not match the requests (`StalePlan`).
+    /// frees (status Finished, then forgotten) requests whose sample has `finished`, and ends
+    /// the plan's flight (its requests may be scheduled again). `sampled` holds exactly one
+    /// entry per plan entry with `samples` (any order); entries of requests aborted since
+    /// `schedule` are skipped, with or without their samples. Errors, with nothing applied:
+    /// missing/duplicate/unexpected samples, a non-finishing `max_tokens`-th sample, a plan
+    /// that does not match the requests (`StalePlan`: applied twice, or not from `schedule`).
     pub fn update(
         &mut self,
         plan: &StepPlan,
@@ -240,6 +268,7 @@ impl Scheduler {
     ) -> Result<(), SchedulerError> {
         let samples = self.validate_update(plan, sampled)?;
         for entry in &plan.requests {
+            self.in_flight.remove(&entry.id);
             let Some(request) = self.requests.get_mut(&entry.id) else {
                 continue; // aborted since `schedule`
             };
@@ -281,14 +310,15 @@ impl Scheduler {
         for entry in &plan.requests {
             let id = entry.id;
             let sample = samples.get(&id);
+            let Some(request) = self.requests.get(&id) else {
+                continue; // aborted since `schedule`: its sample does not matter
+            };
             if entry.samples && sample.is_none() {
                 return Err(SchedulerError::MissingSample { id });
             }
-            let Some(request) = self.requests.get(&id) else {
-                continue;
-            };
             let num_tokens_after = entry.num_computed_tokens + entry.new_token_ids.len();
             let consistent = request.status == RequestStatus::Running
+                && self.in_flight.contains(&id)
                 && request.num_computed_tokens == entry.num_computed_tokens
                 && num_tokens_after <= request.num_tokens()
                 && entry.samples == (num_tokens_after == request.num_tokens())
@@ -336,6 +366,7 @@ impl Scheduler {
         };
         self.waiting.retain(|&waiting_id| waiting_id != id);
         self.running.retain(|&running_id| running_id != id);
+        self.in_flight.remove(&id);
         request.status = status;
         self.kv.free(&mut request)?;
         Ok(true)
@@ -356,6 +387,11 @@ impl Scheduler {
 
     pub fn has_unfinished(&self) -> bool {
         !self.requests.is_empty()
+    }
+
+    /// Whether `id` is in a plan handed out by `schedule` and not yet `update`d.
+    pub fn is_in_flight(&self, id: RequestId) -> bool {
+        self.in_flight.contains(&id)
     }
 
     /// Status of an unfinished request; `None` once it finished or was aborted.

@@ -1,13 +1,16 @@
 //! Property tests of `Scheduler` as a state machine: random adds (tiny vocabularies and shared
-//! prefixes, so the prefix cache is hit), schedules, updates, failed updates and aborts on
-//! small pools, against a model of each request's tokens.
+//! prefixes, so the prefix cache is hit), schedules (up to `MAX_PLANS_IN_FLIGHT` plans in
+//! flight at once, as a pipeline keeps them), updates of any plan in flight (out of order),
+//! failed updates and aborts on small pools, against a model of each request's tokens.
 //!
 //! Owns nothing at run time (test-only module). Checked after every operation:
-//! `check_invariants`; each plan's budgets; every plan entry's new tokens are exactly the
-//! model's tokens at its positions (so recomputation after preemption or a cache hit computes
-//! the right tokens); rejections match the model's expectation; a failed update changes
-//! nothing. At the end: driving schedule+update finishes every request with no empty step
-//! (liveness), and aborting everything returns the pool to all-free.
+//! `check_invariants`; each plan's budgets; plans in flight share no request and none of them
+//! lost a request to preemption; every plan entry's new tokens are exactly the model's tokens
+//! at its positions (so recomputation after preemption or a cache hit computes the right
+//! tokens); rejections match the model's expectation; a failed update changes nothing. At the
+//! end: driving schedule+update with 1 to `MAX_PLANS_IN_FLIGHT` plans in flight finishes every
+//! request, never finding nothing to schedule while nothing is in flight (liveness), and
+//! aborting everything returns the pool to all-free.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +21,9 @@ use crate::{
     StepPlan,
 };
 
+/// Most plans the tests keep in flight (a pipeline of three stages).
+const MAX_PLANS_IN_FLIGHT: usize = 3;
+
 #[derive(Debug, Clone)]
 enum Op {
     Add {
@@ -27,16 +33,18 @@ enum Op {
         max_tokens: usize,
         cache_salt: u64,
     },
+    /// Schedule another plan (unless `MAX_PLANS_IN_FLIGHT` are in flight).
     Schedule,
-    /// Update the pending plan; `seed` picks sampled tokens and which requests finish.
+    /// Update one plan in flight (`seed` picks which, the sampled tokens and which requests
+    /// finish).
     Update {
         seed: u64,
     },
-    /// Schedule (unless a plan is pending) and update at once: the engine's normal step.
+    /// Schedule and update one plan in flight: the engine's normal step.
     Step {
         seed: u64,
     },
-    /// Update the pending plan with one sample missing: must fail and change nothing.
+    /// Update the oldest plan in flight with one sample missing: must fail and change nothing.
     UpdateMissingSample,
     /// Abort a known request (or, for the last pick, an unknown id).
     Abort {
@@ -57,7 +65,8 @@ struct World {
     config: SchedulerConfig,
     model: BTreeMap<RequestId, ModelRequest>,
     prompts: Vec<Vec<u32>>,
-    pending: Option<StepPlan>,
+    /// Plans in flight, oldest first.
+    pending: Vec<StepPlan>,
     next_id: u64,
 }
 
@@ -79,14 +88,13 @@ impl World {
                 self.add(prompt, *max_tokens, *cache_salt)?;
             }
             Op::Schedule => {
-                if self.pending.is_none() {
-                    let plan = self.scheduler.schedule();
-                    self.check_plan(&plan)?;
-                    self.pending = Some(plan);
+                if self.pending.len() < MAX_PLANS_IN_FLIGHT {
+                    self.schedule(1)?;
                 }
             }
             Op::Update { seed } => {
-                if let Some(plan) = self.pending.take() {
+                if !self.pending.is_empty() {
+                    let plan = self.pending.remove(*seed as usize % self.pending.len());
                     self.update(&plan, *seed)?;
                 }
             }
@@ -148,9 +156,29 @@ impl World {
         Ok(())
     }
 
+    /// Schedules a plan (one of `num_plans`) and keeps it in flight (unless it is empty).
+    fn schedule(&mut self, num_plans: usize) -> Result<(), TestCaseError> {
+        let plan = self.scheduler.schedule_share(num_plans);
+        self.check_plan(&plan)?;
+        if !plan.requests.is_empty() {
+            self.pending.push(plan);
+        }
+        Ok(())
+    }
+
     fn check_plan(&self, plan: &StepPlan) -> Result<(), TestCaseError> {
         plan.check_budgets(&self.config)
             .map_err(TestCaseError::fail)?;
+        for other in &self.pending {
+            for entry in &other.requests {
+                let id = entry.id;
+                prop_assert!(
+                    !plan.requests.iter().any(|e| e.id == id) && !plan.preempted.contains(&id),
+                    "request {} is in flight in another plan",
+                    id
+                );
+            }
+        }
         for entry in &plan.requests {
             let model = &self.model[&entry.id];
             let end = entry.num_computed_tokens + entry.new_token_ids.len();
@@ -206,13 +234,15 @@ impl World {
     }
 
     fn update_missing_sample(&mut self) -> Result<(), TestCaseError> {
-        let Some(plan) = &self.pending else {
+        let Some(plan) = self.pending.first() else {
             return Ok(());
         };
         let mut sampled = self.sample(plan, 0);
-        if sampled.pop().is_none() {
+        // A sample of an aborted request may be missing; one of a live request may not.
+        let Some(live_idx) = sampled.iter().position(|s| self.model.contains_key(&s.id)) else {
             return Ok(());
-        }
+        };
+        sampled.remove(live_idx);
         let before = self.scheduler.stats();
         let result = self.scheduler.update(plan, &sampled);
         prop_assert!(
@@ -237,27 +267,33 @@ impl World {
         Ok(())
     }
 
-    /// Steps until every request finished; every step must schedule something.
-    fn run_to_completion(&mut self) -> Result<(), TestCaseError> {
-        if let Some(plan) = self.pending.take() {
-            self.update(&plan, 1)?;
-        }
+    /// Steps until every request finished, keeping up to `depth` plans in flight like the
+    /// engine loop: schedule (each plan its share of the free slots) while fewer are in flight
+    /// and the plan is not empty, then update the oldest. Nothing to schedule while nothing is in flight is a liveness failure.
+    fn run_to_completion(&mut self, depth: usize) -> Result<(), TestCaseError> {
         let max_num_steps: usize = self
             .model
             .values()
             .map(|m| m.token_ids.len() + m.max_tokens)
-            .sum();
+            .sum::<usize>()
+            + self.pending.len();
         for step_idx in 0..=max_num_steps {
-            if !self.scheduler.has_unfinished() {
+            if !self.scheduler.has_unfinished() && self.pending.is_empty() {
                 return self.check();
             }
-            let plan = self.scheduler.schedule();
-            self.check_plan(&plan)?;
+            while self.pending.len() < depth {
+                let num_pending = self.pending.len();
+                self.schedule(depth - num_pending)?;
+                if self.pending.len() == num_pending {
+                    break;
+                }
+            }
             prop_assert!(
-                !plan.requests.is_empty(),
-                "step {} scheduled nothing",
+                !self.pending.is_empty(),
+                "step {} scheduled nothing with nothing in flight",
                 step_idx
             );
+            let plan = self.pending.remove(0);
             self.update(&plan, step_idx as u64 * 0x9e37_79b9)?;
             self.check()?;
         }
@@ -357,15 +393,17 @@ fn run_world(config: SchedulerConfig, ops: &[Op]) -> Result<(), TestCaseError> {
         config,
         model: BTreeMap::new(),
         prompts: Vec::new(),
-        pending: None,
+        pending: Vec::new(),
         next_id: 0,
     };
     for op in ops {
         world.apply(op)?;
     }
-    let mut liveness = world.clone();
-    liveness.run_to_completion()?;
-    prop_assert_eq!(liveness.scheduler.stats().num_blocks_used, 0);
+    for depth in 1..=MAX_PLANS_IN_FLIGHT {
+        let mut liveness = world.clone();
+        liveness.run_to_completion(depth)?;
+        prop_assert_eq!(liveness.scheduler.stats().num_blocks_used, 0);
+    }
 
     let ids: Vec<RequestId> = world.model.keys().copied().collect();
     for id in ids {

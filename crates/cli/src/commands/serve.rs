@@ -83,6 +83,11 @@ pub struct ServeArgs {
     /// A pipeline stage silent this long (no answer, no heartbeat) fails the step, in ms.
     #[arg(long, default_value_t = 5000)]
     pub stage_timeout_ms: u64,
+    /// With pipeline stages: most steps in flight at once, each over its own requests, so that
+    /// the stages compute different steps at the same time (default: one per stage; 1: one
+    /// step at a time).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub pipeline_depth: Option<u16>,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -121,7 +126,10 @@ fn start_engine(args: &ServeArgs) -> Result<EngineHandle> {
         if args.tensor_parallel > 1 {
             bail!("pipeline stages and --tensor-parallel cannot be combined yet");
         }
-        let (executor, pool) = open_pipeline(args, &path, &files, requested_kv)?;
+        let (mut executor, pool) = open_pipeline(args, &path, &files, requested_kv)?;
+        if let Some(depth) = args.pipeline_depth {
+            executor.set_max_steps_in_flight(depth.into());
+        }
         let max_model_len = pool.max_request_len(config.context_length);
         let kv_dtype = args.model.device_and_load_options()?.0.kv_dtype;
         report_pool(&format!("per stage, {} stages", executor.stage_names().len()), kv_dtype, &pool, max_model_len, &config);
@@ -222,12 +230,15 @@ fn open_pipeline(
         coordinator_memory: args.coordinator_memory.as_deref().map(parse_bytes_or_zero).transpose()?,
         link: args.link.as_deref(),
     };
-    let planned = pipeline_plan::plan_pipeline(&planning)?;
+    let mut planner = pipeline_plan::PeerPlanner::new(&planning)?;
+    let planned = planner.place(hearth_pipeline::HeldStages::default())?;
     for line in &planned.summary {
         eprintln!("{line}");
     }
     let pool = pool_for(planned.locations.iter().map(|(layers, _)| layers.len()).max().unwrap_or(0))?;
-    let executor = pipeline::connect_locations(&pipeline_args, planned.locations, shape_of(&pool), &planned.dialer)?;
+    let mut executor = pipeline::connect_locations(&pipeline_args, planned.locations, shape_of(&pool), &planner.dialer.clone())?;
+    // A stage that is gone is re-planned around (crate::replan).
+    executor.set_replanner(Box::new(planner));
     Ok((executor, pool))
 }
 

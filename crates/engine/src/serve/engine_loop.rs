@@ -1,17 +1,22 @@
-//! The engine thread: drain commands → `schedule` → `execute` → process outputs → `update`,
-//! until every handle and stream is gone.
+//! The engine thread: drain commands → `schedule` → `submit` (while the executor takes more
+//! steps in flight and the scheduler finds requests not in flight) → complete the oldest step
+//! → process outputs → `update`, until every handle and stream is gone.
 //!
-//! Owns: the `Scheduler`, the `Executor`, each live request's `OutputProcessor` and delta
-//! sender, and publishing `EngineStats` after every step. Does not own: HTTP, prompt
-//! rendering, or how a step is computed.
+//! Owns: the `Scheduler`, the `Executor`, the plans in flight (submitted, not completed;
+//! oldest first), each live request's `OutputProcessor` and delta sender, and publishing
+//! `EngineStats` after every step. Does not own: HTTP, prompt rendering, or how a step is
+//! computed.
 //!
 //! Invariants: a request is in `requests` exactly while the scheduler knows it; every request
 //! that leaves gets exactly one final delta (unless its stream was dropped, which is what
-//! removed it); the thread blocks on the command channel whenever it has nothing to run; after
-//! the executor reports a KV loss (`kv_generation`), no live request survives and no block
-//! cached before is matched again.
+//! removed it); at most `max_steps_in_flight` plans are in flight and they share no request;
+//! outputs of a request that left while its step was in flight are dropped, and its sampler is
+//! removed only once that step completed; the thread blocks on the command channel whenever
+//! it has nothing to run and nothing in flight; after the executor reports a KV loss
+//! (`kv_generation`), no live request survives — those in other steps in flight included —
+//! and no block cached before is matched again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use hearth_scheduler::{NewRequest, RequestId, SampledToken, Scheduler, SchedulerConfig, StepPlan};
 use hearth_tokenizer::Tokenizer;
 
-use super::executor::{Executor, SampledOutput, SamplingSetup};
+use super::executor::{Executor, SampledOutput, SamplingSetup, Submitted};
 use super::handle::DeltaSender;
 use super::output::OutputProcessor;
 use super::request::{EngineRequest, EngineStats};
@@ -71,7 +76,17 @@ pub(crate) fn spawn(
     let scheduler = Scheduler::new(config.scheduler_config())?;
     let (commands_tx, commands) = mpsc::channel();
     let kv_generation = executor.kv_generation();
-    let engine = EngineLoop { scheduler, executor, tokenizer, config, requests: HashMap::new(), commands, stats, kv_generation };
+    let engine = EngineLoop {
+        scheduler,
+        executor,
+        tokenizer,
+        config,
+        requests: HashMap::new(),
+        in_flight: VecDeque::new(),
+        commands,
+        stats,
+        kv_generation,
+    };
     std::thread::Builder::new()
         .name("hearth-engine".into())
         .spawn(move || {
@@ -102,6 +117,8 @@ struct EngineLoop {
     tokenizer: Arc<Tokenizer>,
     config: EngineConfig,
     requests: HashMap<RequestId, LiveRequest>,
+    /// Plans the executor answered `Submitted::InFlight`, oldest first.
+    in_flight: VecDeque<StepPlan>,
     commands: Receiver<Command>,
     stats: Arc<Mutex<EngineStats>>,
     /// The executor's `kv_generation` the cached blocks belong to.
@@ -115,11 +132,16 @@ impl EngineLoop {
         self.config.cache_salt ^ self.kv_generation.wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }
 
+    /// Requests to run or steps to complete.
+    fn has_work(&self) -> bool {
+        self.scheduler.has_unfinished() || !self.in_flight.is_empty()
+    }
+
     fn run(mut self) {
         // The pool's size is known before any request: readers never see an empty snapshot.
         self.publish_stats();
         loop {
-            if !self.scheduler.has_unfinished() {
+            if !self.has_work() {
                 // Idle: sleep until a command arrives; all senders gone means shut down.
                 match self.commands.recv() {
                     Ok(command) => self.handle(command),
@@ -130,11 +152,11 @@ impl EngineLoop {
                 match self.commands.try_recv() {
                     Ok(command) => self.handle(command),
                     Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) if self.scheduler.has_unfinished() => break,
+                    Err(TryRecvError::Disconnected) if self.has_work() => break,
                     Err(TryRecvError::Disconnected) => return,
                 }
             }
-            if self.scheduler.has_unfinished() {
+            if self.has_work() {
                 self.step();
             }
             self.publish_stats();
@@ -173,44 +195,86 @@ impl EngineLoop {
         self.requests.insert(id, LiveRequest { output, deltas });
     }
 
-    /// Forgets a request everywhere (abort, or its stream is gone).
+    /// Forgets a request everywhere (abort, or its stream is gone). A step in flight still
+    /// samples for it: its sampler goes when that step completes (`forget_samplers`).
     fn remove(&mut self, id: RequestId) {
         self.scheduler.abort_request(id);
-        self.executor.remove_request(id);
         self.requests.remove(&id);
+        if !self.is_in_flight(id) {
+            self.executor.remove_request(id);
+        }
     }
 
+    fn is_in_flight(&self, id: RequestId) -> bool {
+        self.in_flight.iter().any(|plan| plan.requests.iter().any(|entry| entry.id == id))
+    }
+
+    /// Fills the executor's free step slots, then completes the oldest step in flight.
     fn step(&mut self) {
-        let plan = self.scheduler.schedule();
-        if plan.requests.is_empty() {
-            if plan.preempted.is_empty() {
-                // Nothing runnable and nothing freed: cannot happen while every request fits
-                // the pool alone (add_request checks); fail loudly rather than spin.
-                self.fail_all("the scheduler could not place any request".into());
-            }
-            return;
+        self.submit_steps();
+        if let Some(plan) = self.in_flight.pop_front() {
+            let outputs = self.executor.complete_oldest();
+            self.forget_samplers(&plan);
+            self.finish_step(&plan, outputs);
         }
+    }
+
+    /// Submits plans while fewer than `max_steps_in_flight` are in flight (at most that many
+    /// per call, so a synchronous executor runs one step per loop iteration) and the scheduler
+    /// finds requests not in flight; the free slots' plans split those requests evenly.
+    fn submit_steps(&mut self) {
+        let num_free = self.executor.max_steps_in_flight().max(1).saturating_sub(self.in_flight.len());
+        for slot_idx in 0..num_free {
+            // Each free slot's plan gets its share of the requests not in flight.
+            let plan = self.scheduler.schedule_share(num_free - slot_idx);
+            if plan.requests.is_empty() {
+                if plan.preempted.is_empty() && self.in_flight.is_empty() {
+                    // Nothing runnable, nothing freed, nothing in flight: cannot happen while
+                    // every request fits the pool alone (add_request checks); fail loudly
+                    // rather than spin.
+                    self.fail_all("the scheduler could not place any request".into());
+                }
+                return;
+            }
+            for scheduled in &plan.requests {
+                if let Some(live) = self.requests.get_mut(&scheduled.id) {
+                    live.output.set_cached_tokens(scheduled.num_cached_prompt_tokens);
+                }
+            }
+            match self.executor.submit(&plan) {
+                Ok(Submitted::InFlight) => self.in_flight.push_back(plan),
+                Ok(Submitted::Ran(outputs)) => self.finish_step(&plan, Ok(outputs)),
+                Err(err) => self.finish_step(&plan, Err(err)),
+            }
+        }
+    }
+
+    /// Removes the samplers of `plan`'s requests that left while it was in flight.
+    fn forget_samplers(&mut self, plan: &StepPlan) {
+        for entry in &plan.requests {
+            if !self.requests.contains_key(&entry.id) {
+                self.executor.remove_request(entry.id);
+            }
+        }
+    }
+
+    /// Applies a completed step, or fails its requests (and, after a KV loss, every request).
+    fn finish_step(&mut self, plan: &StepPlan, outputs: Result<Vec<SampledOutput>>) {
+        let err = match outputs {
+            Ok(outputs) => return self.apply(plan, outputs),
+            Err(err) => err,
+        };
+        tracing::error!("step failed: {err}");
+        let message = format!("the engine failed to run a step: {err}");
         for scheduled in &plan.requests {
-            if let Some(live) = self.requests.get_mut(&scheduled.id) {
-                live.output.set_cached_tokens(scheduled.num_cached_prompt_tokens);
-            }
+            self.fail(scheduled.id, message.clone());
         }
-        match self.executor.execute(&plan) {
-            Ok(outputs) => self.apply(&plan, outputs),
-            Err(err) => {
-                tracing::error!("step failed: {err}");
-                let message = format!("the engine failed to run a step: {err}");
-                for scheduled in &plan.requests {
-                    self.fail(scheduled.id, message.clone());
-                }
-                let generation = self.executor.kv_generation();
-                if generation != self.kv_generation {
-                    // Every request's K/V (running or cached) is gone: fail them all, and new
-                    // requests hash their blocks with a new salt.
-                    self.kv_generation = generation;
-                    self.fail_all(format!("the KV cache was lost: {err}"));
-                }
-            }
+        let generation = self.executor.kv_generation();
+        if generation != self.kv_generation {
+            // Every request's K/V (running, cached, or in another step in flight) is gone:
+            // fail them all, and new requests hash their blocks with a new salt.
+            self.kv_generation = generation;
+            self.fail_all(format!("the KV cache was lost: {err}"));
         }
     }
 
@@ -247,8 +311,8 @@ impl EngineLoop {
     fn fail(&mut self, id: RequestId, message: String) {
         if let Some(live) = self.requests.get(&id) {
             let _ = live.deltas.send(live.output.failed(message));
+            self.remove(id);
         }
-        self.remove(id);
     }
 
     fn fail_all(&mut self, message: String) {

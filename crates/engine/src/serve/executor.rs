@@ -8,8 +8,18 @@
 //! Contract: `add_request` before a request first appears in a plan; `execute` returns exactly
 //! one `SampledOutput` per plan entry with `samples == true`, in plan order; sampling state
 //! (seeded RNG, penalty history) lives here and survives preemption; `remove_request` after
-//! the request finished or was aborted; when `kv_generation` changes, every block's contents
-//! are gone.
+//! the request finished or was aborted, and never while a step holding it is in flight; when
+//! `kv_generation` changes, every block's contents are gone.
+//!
+//! Steps in flight (pipeline stages compute different steps at once): the loop may `submit`
+//! up to `max_steps_in_flight` steps before completing the oldest. Steps in flight share no
+//! request (the scheduler leaves requests in flight out of new plans). An executor computes
+//! the steps in flight in submission order wherever they share a device or stage, so a block
+//! freed by an aborted request and handed to a newer step is written by the newer step last.
+//! `complete_oldest` returns the oldest step that `submit` answered `InFlight`, each once. By
+//! default a step runs synchronously inside `submit` (`Submitted::Ran`), and nothing is ever in
+//! flight: executors without a pipeline only implement `execute`. `execute` is not mixed with
+//! `submit` while steps are in flight.
 
 use hearth_scheduler::{RequestId, StepPlan};
 
@@ -33,6 +43,15 @@ pub struct SampledOutput {
     pub logprob: Option<TokenLogprob>,
 }
 
+/// What `submit` did with a step.
+#[derive(Debug)]
+pub enum Submitted {
+    /// The step already ran: its outputs (as `execute` returns them).
+    Ran(Vec<SampledOutput>),
+    /// The step is computing; a later `complete_oldest` returns it.
+    InFlight,
+}
+
 pub trait Executor: Send + 'static {
     /// Registers a request's sampler; fails on invalid sampling parameters.
     fn add_request(&mut self, id: RequestId, setup: SamplingSetup) -> Result<()>;
@@ -49,5 +68,22 @@ pub trait Executor: Send + 'static {
     /// loop then fails every live request and stops matching blocks cached before.
     fn kv_generation(&self) -> u64 {
         0
+    }
+
+    /// The most steps this executor computes at once (submitted, not yet completed); at
+    /// least 1.
+    fn max_steps_in_flight(&self) -> usize {
+        1
+    }
+
+    /// Starts a step. `Err`: the step failed (as `execute` fails) and is not in flight.
+    fn submit(&mut self, plan: &StepPlan) -> Result<Submitted> {
+        self.execute(plan).map(Submitted::Ran)
+    }
+
+    /// Waits for the oldest step in flight and returns its outputs (as `execute` does), or the
+    /// error that failed it; either way it is no longer in flight.
+    fn complete_oldest(&mut self) -> Result<Vec<SampledOutput>> {
+        Err(crate::EngineError::Invalid("this executor runs every step inside submit; none is in flight".into()))
     }
 }

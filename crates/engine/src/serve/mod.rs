@@ -15,10 +15,12 @@ mod request;
 mod samplers;
 mod tensor_parallel_executor;
 #[cfg(test)]
+mod engine_loop_tests;
+#[cfg(test)]
 mod tests;
 
 pub use engine_loop::EngineConfig;
-pub use executor::{Executor, SampledOutput, SamplingSetup};
+pub use executor::{Executor, SampledOutput, SamplingSetup, Submitted};
 pub use handle::{DeltaStream, EngineHandle};
 pub use kv_budget::KvPoolPlan;
 pub use local_executor::{KvPoolParams, LocalExecutor, StepLimits};

@@ -10,7 +10,7 @@ use hearth_tokenizer::{BosPolicy, Tokenizer};
 use super::output::OutputProcessor;
 use super::request::{Delta, EngineRequest, FinishReason};
 
-fn tokenizer() -> Arc<Tokenizer> {
+pub(super) fn tokenizer() -> Arc<Tokenizer> {
     let assets = std::env::var_os("HEARTH_ASSETS")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/hearth/assets"));
