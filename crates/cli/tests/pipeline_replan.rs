@@ -10,124 +10,27 @@
 //!
 //! Every wait is bounded; children are killed when their handles drop.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-const KEY: &str = "pipeline re-plan test key 0123456789abcdef";
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
-/// Long enough for a few of the executor's re-plan retries (`RETRY_INTERVAL`, 2 s).
+mod pipeline_support;
+use pipeline_support::*;
+
 const REJOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Each peer offers 2 MiB (1.8 usable); the model needs 2.6 MiB with its KV cache.
 const OFFER: [&str; 4] = ["--memory", "2MiB", "--memory-bandwidth-gbps", "10"];
 const COMPLETION: &str = r#"{"model": "model", "prompt": "the quick brown fox", "max_tokens": 12, "temperature": 0}"#;
 
-/// A child process, killed on drop; stderr kept in a temporary file for failure messages.
-struct Process {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Process {
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn spawn(args: &[&str], stdout: Stdio) -> Process {
-    let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_hearth"))
-        .args(args)
-        .env("HEARTH_CLUSTER_KEY", KEY)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(File::create(dir.path().join("stderr")).unwrap())
-        .spawn()
-        .unwrap();
-    Process { child, dir }
-}
-
 fn golden_gemma() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden/gemma3/model.gguf");
-    path.canonicalize().unwrap().to_str().unwrap().to_string()
+    golden_gguf("gemma3")
 }
 
 /// `hearth stage` without `--layers` on `listen`; returns it and its address (read from its
 /// first stdout line, bounded).
 fn start_peer(model: &str, listen: &str) -> (Process, String) {
-    let mut args = vec!["stage", "--model", model, "--listen", listen, "--kv-memory", "256MiB"];
-    args.extend_from_slice(&OFFER);
-    let mut stage = spawn(&args, Stdio::piped());
-    let stdout = stage.child.stdout.take().unwrap();
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = sender.send(line);
-    });
-    let line = receiver.recv_timeout(STARTUP_TIMEOUT).unwrap_or_default();
-    let Some(address) = line.trim().rsplit_once("listening on ").map(|(_, a)| a.to_string()) else {
-        panic!("hearth stage did not announce its address (got {line:?}); stderr:\n{}", stage.stderr());
-    };
-    (stage, address)
+    start_stage_at(model, listen, &OFFER)
 }
 
-/// `hearth serve` with `extra` arguments, once `/health` answers (bounded).
-fn start_server(model: &str, extra: &[&str]) -> (Process, u16) {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let port_text = port.to_string();
-    let mut args = vec!["serve", "--model", model, "--host", "127.0.0.1", "--port", &port_text, "--kv-memory", "64MiB"];
-    args.extend_from_slice(extra);
-    let mut server = spawn(&args, Stdio::null());
-    let started = Instant::now();
-    while started.elapsed() < STARTUP_TIMEOUT {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            panic!("hearth serve {extra:?} exited with {status}; stderr:\n{}", server.stderr());
-        }
-        if matches!(http(port, "GET", "/health", None), Ok((200, _))) {
-            return (server, port);
-        }
-        sleep(Duration::from_millis(100));
-    }
-    panic!("hearth serve {extra:?} was not healthy within {STARTUP_TIMEOUT:?}; stderr:\n{}", server.stderr());
-}
-
-fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let body = body.unwrap_or("");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes())?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let invalid = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed response");
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(invalid)?;
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(invalid)?;
-    Ok((status, body.to_string()))
-}
-
-/// The completion's status and its text (or the error body).
 fn complete(port: u16) -> (u16, String) {
     let (status, body) = http(port, "POST", "/v1/completions", Some(COMPLETION)).unwrap();
     if status != 200 {

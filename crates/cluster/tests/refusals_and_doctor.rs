@@ -106,8 +106,11 @@ fn version_mismatch_and_duplicate_ids_are_refused_with_distinct_reasons() {
         }) > 0
     });
     assert!(duplicate, "{:#?}", coordinator.status().refusals);
-    let error = twin.status().last_error.unwrap_or_default();
-    assert!(error.contains("duplicate node id"), "{error}");
+    // The twin learns of its refusal a moment after the coordinator records it.
+    let twin_refused = eventually(PATIENCE, || {
+        twin.status().last_error.is_some_and(|error| error.contains("duplicate node id"))
+    });
+    assert!(twin_refused, "{:?}", twin.status().last_error);
     // The original keeps its place.
     assert_eq!(
         coordinator
