@@ -6,42 +6,11 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use candle_core::Device;
 use common::*;
-use hearth_engine::serve::{EngineConfig, EngineHandle, EngineRequest, FinishReason, ModelInfo};
+use hearth_engine::serve::{EngineHandle, EngineRequest, FinishReason};
 use hearth_models::ModelFiles;
 use hearth_pipeline::{PipelineExecutor, PipelineParams, PoolShape, StageLocation};
-use hearth_tokenizer::Tokenizer;
-
-const NUM_BLOCKS: usize = 24;
-const BLOCK_SIZE: usize = 4;
-
-fn start_engine(executor: PipelineExecutor, files: &ModelFiles) -> EngineHandle {
-    let config = &files.config;
-    let tokenizer = Arc::new(Tokenizer::from_gguf(&files.gguf.as_ref().unwrap().content).unwrap());
-    let info = ModelInfo {
-        name: "pipeline".into(),
-        architecture: config.arch.name().to_string(),
-        context_length: config.context_length,
-        quantization: "F32".into(),
-        num_parameters: 0,
-        format: "gguf".into(),
-        size_bytes: 0,
-        created: 0,
-    };
-    let engine_config = EngineConfig {
-        block_size: BLOCK_SIZE,
-        num_blocks: NUM_BLOCKS,
-        max_num_batched_tokens: 256,
-        max_num_seqs: 8,
-        max_model_len: config.context_length.min(NUM_BLOCKS * BLOCK_SIZE),
-        vocab_size: config.vocab_size,
-        cache_salt: 7,
-    };
-    EngineHandle::spawn(Box::new(executor), tokenizer, info, engine_config).unwrap()
-}
 
 /// Generated token ids and cached prompt tokens, or the error the request finished with.
 fn generate(handle: &EngineHandle, prompt: &[u32], max_tokens: usize) -> Result<(Vec<u32>, usize), String> {
@@ -80,7 +49,7 @@ fn a_stage_that_dies_fails_requests_and_once_back_the_engine_forgets_the_lost_kv
         timing: timing(),
         device: Device::Cpu,
     };
-    let handle = start_engine(PipelineExecutor::connect(params).unwrap(), &files);
+    let handle = start_engine(PipelineExecutor::connect(params).unwrap(), &files, 256);
     let prompt: Vec<u32> = (0..9).map(|i| 5 + 7 * i).collect();
     let (before, _) = generate(&handle, &prompt, 6).unwrap();
 

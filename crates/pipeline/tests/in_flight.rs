@@ -18,13 +18,10 @@ use candle_core::{DType, Device, Tensor};
 use common::*;
 use hearth_cluster::FrameKind;
 use hearth_engine::sampling::SamplingParams;
-use hearth_engine::serve::{
-    EngineConfig, EngineHandle, EngineRequest, Executor, FinishReason, ModelInfo, SampledOutput, SamplingSetup, Submitted,
-};
+use hearth_engine::serve::{EngineRequest, Executor, FinishReason, SampledOutput, SamplingSetup, Submitted};
 use hearth_models::{LoadOptions, ModelFiles, PipelineStage};
 use hearth_pipeline::{PipelineExecutor, PipelineParams, PoolShape, StageDescription, StageLocation, StageMessage, WireTensor};
 use hearth_scheduler::{BlockId, RequestId, ScheduledRequest, StepPlan};
-use hearth_tokenizer::Tokenizer;
 
 /// Log-probabilities of the same tokens computed in different batches (F32 on the CPU).
 const LOGPROB_TOLERANCE: f32 = 1e-4;
@@ -113,28 +110,7 @@ fn serve(model_path: &Path, ranges: &[std::ops::Range<usize>], stage0_local: boo
     pipeline.set_max_steps_in_flight(depth);
     let max_in_flight = Arc::new(AtomicUsize::new(0));
     let executor = CountingExecutor { inner: pipeline, num_in_flight: 0, max_in_flight: max_in_flight.clone() };
-    let config = &files.config;
-    let tokenizer = Arc::new(Tokenizer::from_gguf(&files.gguf.as_ref().unwrap().content).unwrap());
-    let info = ModelInfo {
-        name: "pipeline".into(),
-        architecture: config.arch.name().to_string(),
-        context_length: config.context_length,
-        quantization: "F32".into(),
-        num_parameters: 0,
-        format: "gguf".into(),
-        size_bytes: 0,
-        created: 0,
-    };
-    let engine_config = EngineConfig {
-        block_size: BLOCK_SIZE,
-        num_blocks: NUM_BLOCKS,
-        max_num_batched_tokens: 6,
-        max_num_seqs: 8,
-        max_model_len: config.context_length.min(NUM_BLOCKS * BLOCK_SIZE),
-        vocab_size: config.vocab_size,
-        cache_salt: 7,
-    };
-    let handle = EngineHandle::spawn(Box::new(executor), tokenizer, info, engine_config).unwrap();
+    let handle = start_engine(executor, &files, 6);
     let mut streams: Vec<_> = prompts
         .iter()
         .map(|prompt| {

@@ -271,11 +271,17 @@ impl World {
     /// engine loop: schedule (each plan its share of the free slots) while fewer are in flight
     /// and the plan is not empty, then update the oldest. Nothing to schedule while nothing is in flight is a liveness failure.
     fn run_to_completion(&mut self, depth: usize) -> Result<(), TestCaseError> {
+        // Liveness bound: every token computed once, four times over. Preemption recomputes a
+        // victim's tokens (prefix-cache hits make some of that free); with plans in flight more
+        // of it happens, since requests in flight keep their blocks and cannot be victims. A
+        // livelock exceeds any such bound. (A CI run found a case needing 2x at depth >= 2; its
+        // seed is in proptest-regressions/.)
         let max_num_steps: usize = self
             .model
             .values()
             .map(|m| m.token_ids.len() + m.max_tokens)
             .sum::<usize>()
+            * 4
             + self.pending.len();
         for step_idx in 0..=max_num_steps {
             if !self.scheduler.has_unfinished() && self.pending.is_empty() {

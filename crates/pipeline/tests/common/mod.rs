@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use candle_core::Device;
 use hearth_cluster::{ClusterKey, ConnectionTiming, Dialer, HandshakeConfig, NodeId, VersionInfo};
+use hearth_engine::serve::{EngineConfig, EngineHandle, Executor, ModelInfo};
 use hearth_models::{LoadOptions, ModelFiles, PipelineStage};
 use hearth_pipeline::{PipelineTiming, StageOffer, StageServer, StageServerParams};
+use hearth_tokenizer::Tokenizer;
 
 pub const BLOCK_SIZE: usize = 4;
 pub const NUM_BLOCKS: usize = 24;
@@ -133,4 +135,31 @@ impl Drop for StageThread {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// An engine over `executor` for the fixture `files` (tokenizer from its GGUF), with the tests'
+/// KV pool and at most `max_num_batched_tokens` tokens per step.
+pub fn start_engine(executor: impl Executor, files: &ModelFiles, max_num_batched_tokens: usize) -> EngineHandle {
+    let config = &files.config;
+    let tokenizer = Arc::new(Tokenizer::from_gguf(&files.gguf.as_ref().unwrap().content).unwrap());
+    let info = ModelInfo {
+        name: "pipeline".into(),
+        architecture: config.arch.name().to_string(),
+        context_length: config.context_length,
+        quantization: "F32".into(),
+        num_parameters: 0,
+        format: "gguf".into(),
+        size_bytes: 0,
+        created: 0,
+    };
+    let engine_config = EngineConfig {
+        block_size: BLOCK_SIZE,
+        num_blocks: NUM_BLOCKS,
+        max_num_batched_tokens,
+        max_num_seqs: 8,
+        max_model_len: config.context_length.min(NUM_BLOCKS * BLOCK_SIZE),
+        vocab_size: config.vocab_size,
+        cache_salt: 7,
+    };
+    EngineHandle::spawn(Box::new(executor), tokenizer, info, engine_config).unwrap()
 }
