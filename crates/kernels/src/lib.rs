@@ -5,13 +5,14 @@
 //! Q8_0 (AVX2 tiles on a small work-sharing pool + dequantize-and-matmul reference). Timings and
 //! their method: `PERF.md`. Fused elementwise steps of a block (`fused`: add + RMSNorm, RoPE +
 //! KV write, gated activation; CUDA bodies with references). Device graphs (`graph`): record a
-//! step's GPU work once, replay it. `quant_matvec`: GPU products of quantized weights and a few
-//! activation rows (generation). `nvrtc`: compiling our CUDA C sources at run time.
+//! step's GPU work once, replay it. `quant_matvec` and `dense_matvec`: GPU products of quantized
+//! and of BF16/F16 weights with a few activation rows (generation). `nvrtc`: compiling our CUDA C sources at run time.
 //! Does not own: model structure, weight loading, scheduling. Kernels see tensors and plain
 //! metadata (block tables, sequence lengths), never requests.
 //!
 //! Feature flags for accelerators (`cuda`, `metal`) belong here and in the CLI only.
 
+pub mod dense_matvec;
 pub mod fused;
 pub mod graph;
 pub mod greedy;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 use hearth_kernels::fused::{self, GatedActivation};
-use hearth_kernels::{quant_matvec, QuantizedMatrix};
+use hearth_kernels::{dense_matvec, quant_matvec, QuantizedMatrix};
 
 use crate::config::{Activation, ModelConfig, RopeScaling};
 use crate::Result;
@@ -173,6 +173,9 @@ fn candle_matmul(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
                 Ok(w.forward(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?)
             }
         }
+        // Generation-sized products of dense BF16/F16 weights: a streaming kernel instead of a
+        // cuBLAS GEMM with one to eight rows.
+        QMatMul::Tensor(dense) if dense_matvec::supported(dense, x) => Ok(dense_matvec::dense_matvec(dense, x)?),
         _ => Ok(w.forward(x)?),
     }
 }

@@ -1,0 +1,61 @@
+//! Binds the dense matvec kernels to the F32 product on the GPU for BF16 and F16, 1..=8 rows and
+//! real models' shapes; checks that the source compiles with NVRTC. Without a GPU the device
+//! tests print why and pass, unless `HEARTH_REQUIRE_GPU=1`.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::*;
+
+#[test]
+fn nvrtc_compiles_the_dense_matvec_source() {
+    let ptx = cuda::MODULE.compile().unwrap_or_else(|e| panic!("NVRTC failed: {e:?}")).to_src();
+    for suffix in ["bf16", "f16"] {
+        for rows in 1..=MAX_ROWS {
+            let name = format!("dense_matvec_{suffix}_{rows}");
+            assert!(ptx.contains(&format!(".entry {name}(")), "PTX lacks {name}");
+        }
+    }
+}
+
+/// Max |fast - reference| relative to the reference's largest |value|: both accumulate in F32
+/// and round once; they differ in summation order.
+fn relative_diff(fast: &Tensor, slow: &Tensor) -> f32 {
+    let fast = fast.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    let slow = slow.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    let scale = slow.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+    (fast - slow).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap() / scale
+}
+
+#[test]
+fn every_dtype_and_row_count_matches_the_reference() {
+    let Some(device) = crate::test_gpu() else { return };
+    // (n, k): odd heights, a width that is not a multiple of the 32 x 4 pieces a warp takes per
+    // iteration, and an MLP-sized one.
+    for (n, k) in [(37, 1000), (96, 512), (64, 14336)] {
+        for dtype in [DType::BF16, DType::F16] {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &device).unwrap().to_dtype(dtype).unwrap();
+            for rows in 1..=MAX_ROWS {
+                let x = Tensor::randn(0f32, 1.0, (rows, k), &device).unwrap().to_dtype(dtype).unwrap();
+                assert!(supported(&w, &x));
+                let fast = dense_matvec(&w, &x).unwrap();
+                let slow = dense_matvec_reference(&w, &x).unwrap();
+                assert_eq!(fast.dims(), [rows, n]);
+                let diff = relative_diff(&fast, &slow);
+                let tolerance = if dtype == DType::BF16 { 1e-2 } else { 2e-3 };
+                assert!(diff <= tolerance, "{n}x{k} {dtype:?} rows {rows}: relative diff {diff}");
+            }
+        }
+    }
+}
+
+#[test]
+fn unsupported_inputs_are_declined() {
+    let Some(device) = crate::test_gpu() else { return };
+    let w = Tensor::zeros((64, 512), DType::BF16, &device).unwrap();
+    let x = |rows: usize, dtype: DType| Tensor::zeros((rows, 512), dtype, &device).unwrap();
+    assert!(!supported(&w, &x(9, DType::BF16)), "more rows than kernels");
+    assert!(!supported(&w, &x(1, DType::F16)), "mixed dtypes");
+    let offset = Tensor::zeros((1, 516), DType::BF16, &device).unwrap().narrow(1, 4, 512).unwrap();
+    assert!(!supported(&w, &offset), "activations off a 16-byte boundary");
+    assert!(!supported(&w, &x(1, DType::BF16).to_device(&Device::Cpu).unwrap()), "CPU activations");
+}

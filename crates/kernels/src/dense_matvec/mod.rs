@@ -1,0 +1,59 @@
+//! Dense BF16/F16 weights times a few activation rows on the GPU — the products of a generation
+//! step of an unquantized model (1..=8 rows), where reading the weights is the whole cost.
+//!
+//! [`dense_matvec`] runs `dense_matvec.cu` (NVRTC): one warp per output row, 16-byte loads, four
+//! per lane in flight, F32 accumulation. For one row cuBLAS picks a GEMM kernel that does not
+//! reach the bandwidth a plain streaming kernel does (crates/kernels/PERF.md).
+//! [`dense_matvec_reference`] is the F32 product; GPU tests bind the two (`cuda_tests.rs`).
+//! [`supported`] says when the fast path applies; callers use the matmul otherwise.
+
+#[cfg(feature = "cuda")]
+mod cuda;
+#[cfg(all(test, feature = "cuda"))]
+mod cuda_tests;
+
+use candle_core::{DType, Tensor};
+
+use crate::Result;
+
+/// CUDA C source of the kernels.
+pub const CUDA_SOURCE: &str = concat!(include_str!("../dtypes.cuh"), include_str!("dense_matvec.cu"));
+
+/// Most activation rows one launch takes (kernels are instantiated for 1..=8).
+pub const MAX_ROWS: usize = 8;
+
+/// Whether [`dense_matvec`] handles `w` (`[n, k]`) times `x` (`[rows, k]`): both BF16 or both
+/// F16 on a GPU, 1..=8 rows, k a multiple of 8 and both starting on a 16-byte boundary (the
+/// kernel reads 16-byte pieces), `w` contiguous.
+pub fn supported(w: &Tensor, x: &Tensor) -> bool {
+    let (Ok((_, k)), Ok((rows, x_k))) = (w.dims2(), x.dims2()) else { return false };
+    cfg!(feature = "cuda")
+        && x.device().is_cuda()
+        && matches!(x.dtype(), DType::BF16 | DType::F16)
+        && w.dtype() == x.dtype()
+        && w.is_contiguous()
+        && (1..=MAX_ROWS).contains(&rows)
+        && x_k == k
+        && k.is_multiple_of(8)
+        && w.layout().start_offset().is_multiple_of(8)
+        && x.layout().start_offset().is_multiple_of(8)
+}
+
+/// `x Wᵀ`: `[rows, n]` in `x`'s dtype. Call only where [`supported`] holds.
+pub fn dense_matvec(w: &Tensor, x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::dense_matvec(w, x)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (w, x);
+        Err(crate::KernelError::InvalidMetadata("dense_matvec needs the cuda feature".into()))
+    }
+}
+
+/// The reference: the product in F32, rounded to `x`'s dtype.
+pub fn dense_matvec_reference(w: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let product = x.to_dtype(DType::F32)?.matmul(&w.to_dtype(DType::F32)?.t()?)?;
+    Ok(product.to_dtype(x.dtype())?)
+}
