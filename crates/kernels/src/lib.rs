@@ -58,3 +58,14 @@ pub(crate) fn test_gpu() -> Option<candle_core::Device> {
         }
     }
 }
+
+/// Max |fast - reference| relative to the reference's largest |value|: how GPU tests compare a
+/// kernel with its F32 reference (summation order and the final rounding differ).
+#[cfg(all(test, feature = "cuda"))]
+pub(crate) fn relative_diff(fast: &candle_core::Tensor, slow: &candle_core::Tensor) -> f32 {
+    use candle_core::DType;
+    let fast = fast.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    let slow = slow.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    let scale = slow.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+    (fast - slow).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap() / scale
+}

@@ -5,6 +5,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::*;
+use crate::relative_diff;
 
 #[test]
 fn nvrtc_compiles_the_dense_matvec_source() {
@@ -15,15 +16,6 @@ fn nvrtc_compiles_the_dense_matvec_source() {
             assert!(ptx.contains(&format!(".entry {name}(")), "PTX lacks {name}");
         }
     }
-}
-
-/// Max |fast - reference| relative to the reference's largest |value|: both accumulate in F32
-/// and round once; they differ in summation order.
-fn relative_diff(fast: &Tensor, slow: &Tensor) -> f32 {
-    let fast = fast.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-    let slow = slow.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-    let scale = slow.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1e-6);
-    (fast - slow).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap() / scale
 }
 
 #[test]

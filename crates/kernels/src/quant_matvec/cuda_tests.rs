@@ -7,6 +7,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use super::*;
+use crate::relative_diff;
 
 fn gpu() -> Option<Device> {
     crate::test_gpu()
@@ -24,16 +25,6 @@ fn nvrtc_compiles_the_matvec_source() {
             }
         }
     }
-}
-
-/// Max |fast - reference| relative to the reference's largest |value|. Both accumulate in F32
-/// over the same dequantized weights; they differ in summation order and in the final rounding
-/// to BF16 (2^-9 relative) or F16.
-fn relative_diff(fast: &Tensor, slow: &Tensor) -> f32 {
-    let fast = fast.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-    let slow = slow.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-    let scale = slow.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1e-6);
-    (fast - slow).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap() / scale
 }
 
 /// Every format, dtype and row count against the F32 product. Q4_K/Q6_K round the activations
