@@ -16,8 +16,9 @@
 //!   × P, plus 2 × P × (P + 1) × attention width per layer (scores and values, causal), plus
 //!   2 × head params (only the last position needs logits).
 //! - hop = link latency + bytes ÷ link bandwidth; decode sends one token's hidden state in BF16
-//!   between stages, and the sampled token id (4 bytes) from the last stage back to the first
-//!   (a pipeline is a ring: the first node serves the API and embeds the next token).
+//!   between stages, and the last stage sends its row of F32 logits (vocabulary x 4 bytes) back
+//!   to the first, which serves the API and samples (`hearth-pipeline`'s executor; a pipeline is
+//!   a ring). On a slow link with a large vocabulary that row dominates the hops.
 //!
 //! Tensor parallelism over `N` GPUs of one host (Megatron-style: attention heads, KV heads and
 //! MLP columns/rows split `N` ways, the vocabulary projection split, embeddings and norms
@@ -50,8 +51,8 @@ pub const DEFAULT_MEMORY_HEADROOM: f64 = 0.10;
 /// Bytes per element of the hidden state sent between stages (BF16).
 pub const ACTIVATION_BYTES_PER_ELEMENT: u64 = 2;
 
-/// Bytes of a sampled token id sent back to the first stage.
-pub const TOKEN_ID_BYTES: u64 = 4;
+/// Bytes of one logit in the row the last stage sends back to the first (F32).
+pub const LOGIT_BYTES: u64 = 4;
 
 /// All-reduces per layer under tensor parallelism: one after attention's output projection,
 /// one after the MLP's down projection.
@@ -341,11 +342,10 @@ impl<'a> CostModel<'a> {
         self.cluster.link(from, to).transfer_seconds(bytes)
     }
 
-    /// The sampled token id from the last stage back to the first.
+    /// The last stage's row of logits back to the first stage, which samples.
     pub fn return_hop_seconds(&self, last: NodeId, first: NodeId) -> f64 {
-        self.cluster
-            .link(last, first)
-            .transfer_seconds(TOKEN_ID_BYTES as f64)
+        let bytes = self.model.vocab_size() * LOGIT_BYTES;
+        self.cluster.link(last, first).transfer_seconds(bytes as f64)
     }
 
     /// Seconds per generated token of a whole placement: stages, hops between them and the

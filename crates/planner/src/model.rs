@@ -156,6 +156,11 @@ impl ModelShape {
         self.layers.len()
     }
 
+    /// Rows of the embedding table (`[vocab, hidden]`): the width of a logits row.
+    pub fn vocab_size(&self) -> u64 {
+        self.embedding.num_params / self.hidden_size.max(1)
+    }
+
     /// All stored weight bytes (the embedding table once, even when tied).
     pub fn weight_bytes(&self) -> u64 {
         let layers: u64 = self

@@ -138,7 +138,8 @@ fn model_too_big_for_any_node_is_split_and_says_why() {
     let text = notes(&plan).join("\n");
     assert!(text.contains("no single node holds the model"), "{text}");
     assert!(text.contains("chose a 2-stage pipeline"), "{text}");
-    // Two hops of one token's hidden state (8192 x 2 bytes) plus the token id back, on 10 GbE.
+    // Two hops of one token's hidden state (8192 x 2 bytes) plus the logits row back (the
+    // fixture's vocabulary x 4 bytes), on 10 GbE.
     assert!(
         plan.prediction.link_seconds_per_token > 2.0 * 0.2e-3
             && plan.prediction.link_seconds_per_token < 1e-3
