@@ -39,7 +39,7 @@ use hearth_pipeline::{
 use hearth_planner::units::parse_link;
 use hearth_planner::{decide_prefill_split, Cluster, Link, ModelShape, NodeId, NodeSpec, PairLink, Plan, PlanOptions};
 
-use crate::commands::plan::shape::{self, Target};
+use crate::commands::plan::shape::{self, ModelSource, Target};
 use crate::commands::plan::this_machine;
 use crate::commands::stage::DEFAULT_STAGE_PORT;
 use crate::device::DeviceChoice;
@@ -117,12 +117,7 @@ impl PeerPlanner {
                 Some(NodeSpec { name: "coordinator".into(), memory_bytes, ..machine.node })
             }
         };
-        let config = &args.pipeline.files.config;
-        let target = match args.pipeline.model.device {
-            DeviceChoice::Cpu => Target::ThisMachineCpu,
-            _ => Target::Accelerator,
-        };
-        let source = shape::from_file(args.model_path, config.arch.name().to_string(), target)?;
+        let source = model_source(args.pipeline, args.model_path)?;
         let context_tokens = source.context_length.min(MAX_PLANNED_CONTEXT);
         let options = PlanOptions {
             context_tokens,
@@ -209,6 +204,15 @@ impl PeerPlanner {
         }
         Ok(peers)
     }
+}
+
+/// The model's shape as the planner sees it, for the device this process computes on.
+fn model_source(pipeline: &PipelineArgs, model_path: &Path) -> Result<ModelSource> {
+    let target = match pipeline.model.device {
+        DeviceChoice::Cpu => Target::ThisMachineCpu,
+        _ => Target::Accelerator,
+    };
+    shape::from_file(model_path, pipeline.files.config.arch.name().to_string(), target)
 }
 
 /// Fails unless `peer` can take any layers of the model `config` describes.
@@ -349,12 +353,7 @@ fn planned_break_even(args: &SplitArgs, peer: &Peer) -> Result<(usize, String)> 
         None => Link { latency_s: peer.latency_s, ..Link::TEN_GIGABIT_ETHERNET },
     };
     let cluster = Cluster::new(nodes, link);
-    let config = &args.pipeline.files.config;
-    let target = match args.pipeline.model.device {
-        DeviceChoice::Cpu => Target::ThisMachineCpu,
-        _ => Target::Accelerator,
-    };
-    let source = shape::from_file(args.model_path, config.arch.name().to_string(), target)?;
+    let source = model_source(args.pipeline, args.model_path)?;
     let max_prompt = source.context_length.min(MAX_PLANNED_CONTEXT);
     let pays_off = |prompt_tokens: usize| -> Result<bool> {
         let options = PlanOptions { context_tokens: max_prompt, concurrent_sequences: 1, prompt_tokens, ..PlanOptions::default() };
