@@ -35,3 +35,15 @@ __device__ __forceinline__ void store(f16* p, float x) {
     p->bits = bits;
 }
 
+// Eight BF16 or F16 values packed in 16 bytes (one vector load) as floats.
+template <typename T>
+__device__ __forceinline__ void unpack8(const uint4& v, float* out) {
+    const unsigned int w[4] = {v.x, v.y, v.z, v.w};
+    for (int i = 0; i < 4; ++i) {
+        T lo, hi;
+        lo.bits = (unsigned short)(w[i] & 0xffffu);
+        hi.bits = (unsigned short)(w[i] >> 16);
+        out[2 * i] = to_f32(lo);
+        out[2 * i + 1] = to_f32(hi);
+    }
+}

@@ -7,18 +7,6 @@
 #define DENSE_ROWS_PER_BLOCK 4
 #define UNROLL 4
 
-template <typename T>
-__device__ __forceinline__ void unpack8(const uint4& v, float* out) {
-    const unsigned int w[4] = {v.x, v.y, v.z, v.w};
-    for (int i = 0; i < 4; ++i) {
-        T lo, hi;
-        lo.bits = (unsigned short)(w[i] & 0xffffu);
-        hi.bits = (unsigned short)(w[i] >> 16);
-        out[2 * i] = to_f32(lo);
-        out[2 * i + 1] = to_f32(hi);
-    }
-}
-
 template <typename T, int NCOLS>
 __device__ void dense_matvec(const T* __restrict__ w, const T* __restrict__ x, T* __restrict__ y,
                              unsigned int nrows, unsigned int ncols) {

@@ -26,15 +26,7 @@
 // 8 consecutive activations (16 bytes, 16-byte aligned) as floats.
 template <typename T>
 __device__ __forceinline__ void load8(const T* p, float* out) {
-    const uint4 v = *(const uint4*)p;
-    const unsigned int w[4] = {v.x, v.y, v.z, v.w};
-    for (int i = 0; i < 4; ++i) {
-        T lo, hi;
-        lo.bits = (unsigned short)(w[i] & 0xffffu);
-        hi.bits = (unsigned short)(w[i] >> 16);
-        out[2 * i] = to_f32(lo);
-        out[2 * i + 1] = to_f32(hi);
-    }
+    unpack8<T>(*(const uint4*)p, out);
 }
 
 __device__ __forceinline__ unsigned short ld16(const unsigned char* p) { return *(const unsigned short*)p; }
