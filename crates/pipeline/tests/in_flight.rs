@@ -19,7 +19,7 @@ use common::*;
 use hearth_cluster::FrameKind;
 use hearth_engine::sampling::SamplingParams;
 use hearth_engine::serve::{EngineRequest, Executor, FinishReason, SampledOutput, SamplingSetup, Submitted};
-use hearth_models::{LoadOptions, ModelFiles, PipelineStage};
+use hearth_models::ModelFiles;
 use hearth_pipeline::{PipelineExecutor, PipelineParams, PoolShape, StageDescription, StageLocation, StageMessage, WireTensor};
 use hearth_scheduler::{BlockId, RequestId, ScheduledRequest, StepPlan};
 
@@ -69,35 +69,6 @@ impl Executor for CountingExecutor {
     }
 }
 
-/// Stages of `ranges` for `model_path`: stage 0 in this process when `stage0_local`, the rest
-/// `StageThread`s.
-fn open_pipeline(model_path: &Path, ranges: &[std::ops::Range<usize>], stage0_local: bool) -> (PipelineExecutor, Vec<StageThread>) {
-    let files = ModelFiles::open(model_path).unwrap();
-    let mut threads = Vec::new();
-    let mut stages = Vec::new();
-    for (stage_idx, layers) in ranges.iter().enumerate() {
-        let location = if stage_idx == 0 && stage0_local {
-            StageLocation::Local(Box::new(PipelineStage::load(&files, layers.clone(), &LoadOptions::default()).unwrap()))
-        } else {
-            let thread = StageThread::start(model_path, layers.clone());
-            let location = StageLocation::Remote(thread.address);
-            threads.push(thread);
-            location
-        };
-        stages.push((layers.clone(), location));
-    }
-    let dialer = dialer();
-    let params = PipelineParams {
-        config: &files.config,
-        stages,
-        pool: PoolShape { num_blocks: NUM_BLOCKS, block_size: BLOCK_SIZE },
-        dialer: &dialer,
-        timing: timing(),
-        device: Device::Cpu,
-    };
-    (PipelineExecutor::connect(params).unwrap(), threads)
-}
-
 /// Each request's generated tokens and their log-probabilities.
 type Generations = Vec<(Vec<u32>, Vec<f32>)>;
 
@@ -106,7 +77,7 @@ type Generations = Vec<(Vec<u32>, Vec<f32>)>;
 /// prompts are chunked and land in different steps.
 fn serve(model_path: &Path, ranges: &[std::ops::Range<usize>], stage0_local: bool, depth: usize, prompts: &[Vec<u32>]) -> (Generations, usize) {
     let files = ModelFiles::open(model_path).unwrap();
-    let (mut pipeline, _threads) = open_pipeline(model_path, ranges, stage0_local);
+    let (mut pipeline, _threads) = open_pipeline(model_path, ranges, if stage0_local { Stage0::InCoordinator } else { Stage0::Remote });
     pipeline.set_max_steps_in_flight(depth);
     let max_in_flight = Arc::new(AtomicUsize::new(0));
     let executor = CountingExecutor { inner: pipeline, num_in_flight: 0, max_in_flight: max_in_flight.clone() };

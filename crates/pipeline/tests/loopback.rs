@@ -26,13 +26,6 @@ use hearth_cluster::{FrameKind, Purpose};
 use hearth_models::{ForwardBatch, LoadOptions, ModelFiles, PagedKvCache, PipelineStage, SequenceInput, Transformer};
 use hearth_pipeline::{PipelineExecutor, PipelineParams, PoolShape, StageLocation, StageMessage};
 
-/// Where each stage of a test pipeline runs.
-#[derive(Clone, Copy, PartialEq)]
-enum Stage0 {
-    Remote,
-    InCoordinator,
-}
-
 fn even_split(num_layers: usize, num_stages: usize) -> Vec<Range<usize>> {
     if num_stages > num_layers {
         let middles = (1..num_stages - 1).map(|_| 1..1);
@@ -40,36 +33,6 @@ fn even_split(num_layers: usize, num_stages: usize) -> Vec<Range<usize>> {
     }
     let bound = |i: usize| (i * num_layers).div_ceil(num_stages);
     (0..num_stages).map(|i| bound(i)..bound(i + 1)).collect()
-}
-
-fn open_pipeline(model_path: &Path, ranges: &[Range<usize>], stage0: Stage0) -> (PipelineExecutor, Vec<StageThread>) {
-    let files = ModelFiles::open(model_path).unwrap();
-    let mut threads = Vec::new();
-    let stages = ranges
-        .iter()
-        .enumerate()
-        .map(|(stage_idx, layers)| {
-            let location = if stage_idx == 0 && stage0 == Stage0::InCoordinator {
-                StageLocation::Local(Box::new(PipelineStage::load(&files, layers.clone(), &LoadOptions::default()).unwrap()))
-            } else {
-                let thread = StageThread::start(model_path, layers.clone());
-                let address = thread.address;
-                threads.push(thread);
-                StageLocation::Remote(address)
-            };
-            (layers.clone(), location)
-        })
-        .collect();
-    let dialer = dialer();
-    let params = PipelineParams {
-        config: &files.config,
-        stages,
-        pool: PoolShape { num_blocks: NUM_BLOCKS, block_size: BLOCK_SIZE },
-        dialer: &dialer,
-        timing: timing(),
-        device: Device::Cpu,
-    };
-    (PipelineExecutor::connect(params).unwrap(), threads)
 }
 
 fn max_abs_diff(got: &Tensor, want: &Tensor) -> f32 {

@@ -15,7 +15,9 @@ use candle_core::Device;
 use hearth_cluster::{ClusterKey, ConnectionTiming, Dialer, HandshakeConfig, NodeId, VersionInfo};
 use hearth_engine::serve::{EngineConfig, EngineHandle, Executor, ModelInfo};
 use hearth_models::{LoadOptions, ModelFiles, PipelineStage};
-use hearth_pipeline::{PipelineTiming, StageOffer, StageServer, StageServerParams};
+use hearth_pipeline::{
+    PipelineExecutor, PipelineParams, PipelineTiming, PoolShape, StageLocation, StageOffer, StageServer, StageServerParams,
+};
 use hearth_tokenizer::Tokenizer;
 
 pub const BLOCK_SIZE: usize = 4;
@@ -162,4 +164,42 @@ pub fn start_engine(executor: impl Executor, files: &ModelFiles, max_num_batched
         cache_salt: 7,
     };
     EngineHandle::spawn(Box::new(executor), tokenizer, info, engine_config).unwrap()
+}
+
+/// Where stage 0 of a test pipeline runs (the others are `StageThread`s).
+#[derive(Clone, Copy, PartialEq)]
+pub enum Stage0 {
+    Remote,
+    InCoordinator,
+}
+
+/// A pipeline over `ranges` of `model_path` on the CPU with the tests' pool and timings.
+pub fn open_pipeline(model_path: &Path, ranges: &[Range<usize>], stage0: Stage0) -> (PipelineExecutor, Vec<StageThread>) {
+    let files = ModelFiles::open(model_path).unwrap();
+    let mut threads = Vec::new();
+    let stages = ranges
+        .iter()
+        .enumerate()
+        .map(|(stage_idx, layers)| {
+            let location = if stage_idx == 0 && stage0 == Stage0::InCoordinator {
+                StageLocation::Local(Box::new(PipelineStage::load(&files, layers.clone(), &LoadOptions::default()).unwrap()))
+            } else {
+                let thread = StageThread::start(model_path, layers.clone());
+                let address = thread.address;
+                threads.push(thread);
+                StageLocation::Remote(address)
+            };
+            (layers.clone(), location)
+        })
+        .collect();
+    let dialer = dialer();
+    let params = PipelineParams {
+        config: &files.config,
+        stages,
+        pool: PoolShape { num_blocks: NUM_BLOCKS, block_size: BLOCK_SIZE },
+        dialer: &dialer,
+        timing: timing(),
+        device: Device::Cpu,
+    };
+    (PipelineExecutor::connect(params).unwrap(), threads)
 }
