@@ -43,6 +43,24 @@ pub enum KernelError {
 
 pub type Result<T> = std::result::Result<T, KernelError>;
 
+/// Makes `device`'s CUDA context current on the calling thread (nothing to do elsewhere).
+///
+/// cudarc binds a GPU's context before every call it makes but one: freeing. A tensor of one GPU
+/// dropped on a thread with no current context fails to free, and the failure is reported by
+/// that GPU's next call (`CUDA_ERROR_INVALID_CONTEXT`). Code that hands tensors of several GPUs
+/// between threads binds the right device before dropping them.
+pub fn bind_device_to_thread(device: &candle_core::Device) -> Result<()> {
+    match device {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(dev) => dev
+            .cuda_stream()
+            .context()
+            .bind_to_thread()
+            .map_err(|e| KernelError::Candle(candle_core::Error::Msg(format!("binding {device:?} to this thread: {e}")))),
+        _ => Ok(()),
+    }
+}
+
 /// The GPU of a device test: `None` (the test prints why and passes) without one, unless
 /// `HEARTH_REQUIRE_GPU=1`, which makes a missing GPU a failure.
 #[cfg(all(test, feature = "cuda"))]

@@ -298,7 +298,9 @@ fn a_group_on_cuda_gpus_through_nccl_equals_the_cpu_model() {
                 wants_logits: true,
             };
             let want = model.forward(&ForwardBatch::new(&[input.clone()], BLOCK_SIZE, &Device::Cpu).unwrap(), &cpu_kv).unwrap();
-            let got = group.forward(&[input]).unwrap().to_device(&Device::Cpu).unwrap();
+            // From a fresh thread, as a server's engine thread calls it: no GPU is current there
+            // until the group binds one (a rank's tensor freed with none current poisons its GPU).
+            let got = std::thread::scope(|s| s.spawn(|| group.forward(&[input]).unwrap().to_device(&Device::Cpu).unwrap()).join().unwrap());
             let diff = max_abs_diff(&got, &want);
             assert!(diff <= 1e-3, "{arch} step {step}: max abs diff {diff}");
             assert_eq!(argmax_rows(&got), argmax_rows(&want), "{arch} step {step}");

@@ -86,11 +86,12 @@ impl TensorParallelGroup {
     /// [`forward`](Self::forward) with each rank's batch made by `make_batch(rank_device)`
     /// (every call must describe the same step).
     pub fn forward_with(&self, make_batch: &(dyn Fn(&Device) -> Result<ForwardBatch> + Sync)) -> Result<Tensor> {
-        let results: Vec<Result<Tensor>> = std::thread::scope(|scope| {
+        let results: Vec<Result<Option<Tensor>>> = std::thread::scope(|scope| {
             let threads: Vec<_> = self
                 .ranks
                 .iter()
-                .map(|rank| {
+                .enumerate()
+                .map(|(index, rank)| {
                     scope.spawn(move || {
                         let result = make_batch(&rank.device)
                             .and_then(|batch| rank.model.forward(&batch, &rank.kv_cache, rank.comm.as_ref()))
@@ -103,7 +104,9 @@ impl TensorParallelGroup {
                         if let Err(e) = &result {
                             rank.comm.abort(&e.to_string());
                         }
-                        result
+                        // Only rank 0's logits leave; the others are freed here, with their GPU
+                        // current (see `hearth_kernels::bind_device_to_thread`).
+                        result.map(|logits| (index == 0).then_some(logits))
                     })
                 })
                 .collect();
@@ -112,13 +115,15 @@ impl TensorParallelGroup {
                 .map(|t| t.join().unwrap_or_else(|_| Err(ModelError::Collective("a rank's thread panicked".into()))))
                 .collect()
         });
+        // The caller reads and frees rank 0's logits on this thread.
+        if let Some(rank) = self.ranks.first() {
+            hearth_kernels::bind_device_to_thread(&rank.device)?;
+        }
         let mut first_error = None;
         let mut logits = None;
         for result in results {
             match result {
-                Ok(t) => {
-                    logits.get_or_insert(t);
-                }
+                Ok(t) => logits = logits.or(t),
                 Err(e @ ModelError::Collective(_)) => {
                     first_error.get_or_insert(e);
                 }
@@ -129,6 +134,18 @@ impl TensorParallelGroup {
             (Some(e), _) => Err(e),
             (None, Some(logits)) => Ok(logits),
             (None, None) => Err(ModelError::TensorParallel("a group with no ranks".into())),
+        }
+    }
+}
+
+impl Drop for TensorParallelGroup {
+    /// Frees each rank's weights and KV pool with its own GPU current on this thread.
+    fn drop(&mut self) {
+        for rank in self.ranks.drain(..) {
+            if let Err(e) = hearth_kernels::bind_device_to_thread(&rank.device) {
+                tracing::warn!("freeing a tensor-parallel rank: {e}");
+            }
+            drop(rank);
         }
     }
 }
