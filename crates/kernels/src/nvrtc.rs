@@ -29,21 +29,46 @@ impl CudaModule {
 
     /// Compiles the source to PTX (no GPU needed, only libnvrtc).
     pub fn compile(&self) -> Result<Ptx, nvrtc::CompileError> {
+        self.compile_source(self.source)
+    }
+
+    fn compile_source(&self, source: &str) -> Result<Ptx, nvrtc::CompileError> {
         let options = CompileOptions { arch: Some("compute_75"), name: Some(self.file_name.into()), ..Default::default() };
-        nvrtc::compile_ptx_with_opts(self.source, options)
+        nvrtc::compile_ptx_with_opts(source, options)
+    }
+
+    /// A development aid for trying kernel variants without rebuilding: with
+    /// `HEARTH_CUDA_SOURCE_DIR=dir`, a file `dir/<file_name>` replaces this module's whole source
+    /// (`dtypes.cuh` followed by the module's .cu files, as `CUDA_SOURCE` concatenates them).
+    fn override_source(&self) -> Option<String> {
+        let path = std::path::Path::new(&std::env::var_os("HEARTH_CUDA_SOURCE_DIR")?).join(self.file_name);
+        let source = std::fs::read_to_string(&path).ok()?;
+        eprintln!("hearth: compiling {} instead of the built-in {}", path.display(), self.file_name);
+        Some(source)
     }
 
     /// The PTX, compiled once per process.
     pub fn ptx(&self) -> candle_core::Result<&str> {
         self.ptx
-            .get_or_init(|| self.compile().map(|p| p.to_src()).map_err(|e| format!("{e:?}")))
+            .get_or_init(|| {
+                let compiled = match self.override_source() {
+                    Some(source) => self.compile_source(&source),
+                    None => self.compile(),
+                };
+                compiled.map(|p| p.to_src()).map_err(|e| format!("{e:?}"))
+            })
             .as_deref()
             .map_err(|e| candle_core::Error::Msg(format!("compiling the CUDA kernels of {}: {e}", self.file_name)))
     }
 
+
     /// A kernel of this module on `storage`'s device.
     pub fn function(&self, storage: &CudaStorage, kernel: &str) -> candle_core::Result<Kernel> {
-        let dev = storage.device();
+        self.function_on(storage.device(), kernel)
+    }
+
+    /// A kernel of this module on `dev`.
+    pub fn function_on(&self, dev: &candle_core::CudaDevice, kernel: &str) -> candle_core::Result<Kernel> {
         let func = dev.get_or_load_custom_func(kernel, self.name, self.ptx()?)?.into_cuda_function();
         Ok(Kernel { func, stream: dev.cuda_stream() })
     }

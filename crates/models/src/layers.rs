@@ -128,12 +128,16 @@ fn dequantized_gemm_min_rows() -> Option<usize> {
     })
 }
 
-/// `x Wᵀ` with `W` dequantized to F16 for this call (`[n, k]`, a transient buffer) and `x`
-/// converted to F16 (as llama.cpp's cuBLAS path does; F16 holds transformer activations, whose
-/// inputs here are normalized or bounded): one cuBLAS GEMM on tensor cores with F32
-/// accumulation, the result back in `x`'s dtype. Bound to the dequantize-to-F32 product by
-/// `tests/gpu_layers.rs`.
+/// `x Wᵀ` with `W` dequantized for this call (`[n, k]`, a transient buffer): one cuBLAS GEMM on
+/// tensor cores with F32 accumulation. Q4_K/Q6_K weights are dequantized to `x`'s own dtype
+/// (BF16 or F16), so the activations and the result are not cast; other block types go to F16
+/// through candle, with `x` cast to F16 and the result back (as llama.cpp's cuBLAS path does).
+/// Bound to the dequantize-to-F32 product by `tests/gpu_layers.rs`.
 pub fn dequantized_gemm(q: &QTensor, x: &Tensor) -> Result<Tensor> {
+    if quant_matvec::dequantize_supported(q, x.dtype()) {
+        let w = quant_matvec::dequantize_16bit(q, x.dtype())?;
+        return Ok(x.matmul(&w.t()?)?);
+    }
     let w = q.dequantize_f16(x.device())?;
     Ok(x.to_dtype(DType::F16)?.matmul(&w.t()?)?.to_dtype(x.dtype())?)
 }

@@ -1,6 +1,6 @@
-//! On a GPU: the dequantize-to-F16 + GEMM product used for large quantized products
-//! (`layers::dequantized_gemm`) against the F32 reference (weights dequantized to F32, F32
-//! activations), for the K-quants and Q8_0 at prompt-sized row counts. Skips without a GPU
+//! On a GPU: the dequantize + GEMM product used for large quantized products
+//! (`layers::dequantized_gemm`: Q4_K/Q6_K to BF16 with BF16 activations, Q8_0 to F16) against
+//! the F32 reference (weights dequantized to F32, F32 activations), at prompt-sized row counts. Skips without a GPU
 //! unless `HEARTH_REQUIRE_GPU=1`.
 
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -31,7 +31,7 @@ fn dequantized_gemm_matches_the_f32_product() {
                 .unwrap();
             let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            // BF16 input rounding and F16 operands: about 1 % of the largest output.
+            // BF16 inputs and weights rounded to 16 bits: about 1 % of the largest output.
             assert!(diff <= 0.02 * scale, "{dtype:?} rows {rows}: max diff {diff} vs max |y| {scale}");
             eprintln!("{dtype:?} rows {rows}: max diff {diff:.4} (max |y| {scale:.3})");
         }

@@ -6,7 +6,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::op::BackpropOp;
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor};
 
 use super::{int8_shared_bytes, uses_int8_activations, CUDA_SOURCE, MAX_GROUP};
 use crate::nvrtc::{contiguous_view, CudaModule};
@@ -201,4 +202,53 @@ pub fn quant_matvec_group(ws: &[&QTensor], x: &Tensor) -> Result<Vec<Tensor>> {
             Ok(out)
         })
         .collect()
+}
+
+/// Threads per block of the dequantization kernels (eight per super-block).
+const DEQUANT_THREADS: u32 = 256;
+
+pub fn dequantize_16bit(w: &QTensor, dtype: DType) -> Result<Tensor> {
+    let Device::Cuda(dev) = w.device() else {
+        return Err(candle_core::Error::Msg("dequantize_16bit: the weights are not on a GPU".into()).into());
+    };
+    let (n, k) = w.shape().dims2()?;
+    let format = match w.dtype() {
+        GgmlDType::Q4K => "q4k",
+        GgmlDType::Q6K => "q6k",
+        other => return Err(candle_core::Error::Msg(format!("dequantize_16bit: no kernel for {other:?}")).into()),
+    };
+    if k % 256 != 0 || n * k == 0 {
+        return Err(candle_core::Error::Msg(format!("dequantize_16bit: weight {n}x{k} is not whole super-blocks")).into());
+    }
+    let storage = match dtype {
+        DType::BF16 => launch_dequantize::<half::bf16>(w, &dev, format, "bf16")?,
+        DType::F16 => launch_dequantize::<half::f16>(w, &dev, format, "f16")?,
+        other => return Err(candle_core::Error::Msg(format!("dequantize_16bit: BF16 or F16 only, got {other:?}")).into()),
+    };
+    Ok(Tensor::from_storage(Storage::Cuda(storage), (n, k), BackpropOp::none(), false))
+}
+
+fn launch_dequantize<T: CudaDType + DeviceRepr>(
+    w: &QTensor,
+    dev: &candle_core::CudaDevice,
+    format: &str,
+    suffix: &str,
+) -> candle_core::Result<CudaStorage> {
+    let num_superblocks = (w.shape().elem_count() / 256) as u64;
+    // SAFETY: the kernel writes all 256 outputs of every super-block.
+    let out = unsafe { dev.alloc::<T>(w.shape().elem_count())? };
+    let func = MODULE.function_on(dev, &format!("dequant_{format}_{suffix}"))?;
+    let threads = num_superblocks * 8;
+    let cfg = LaunchConfig {
+        grid_dim: (threads.div_ceil(DEQUANT_THREADS as u64) as u32, 1, 1),
+        block_dim: (DEQUANT_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let weights = w.device_ptr()? as u64;
+    let mut b = func.builder();
+    b.arg(&weights).arg(&out).arg(&num_superblocks);
+    // SAFETY: argument order and types match `dequant_*`; the weight pointer holds
+    // num_superblocks blocks of the format, out as many times 256 elements.
+    unsafe { b.launch(cfg) }.w()?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
 }

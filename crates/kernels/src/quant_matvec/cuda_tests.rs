@@ -25,6 +25,34 @@ fn nvrtc_compiles_the_matvec_source() {
             }
         }
     }
+    for format in ["q4k", "q6k"] {
+        for suffix in ["bf16", "f16"] {
+            assert!(ptx.contains(&format!(".entry dequant_{format}_{suffix}(")), "PTX lacks dequant_{format}_{suffix}");
+        }
+    }
+}
+
+/// Every Q4_K/Q6_K weight dequantized to BF16/F16 equals candle's F32 dequantization rounded
+/// once (within one rounding of the output type, elementwise).
+#[test]
+fn dequantize_16bit_rounds_the_f32_dequantization() {
+    let Some(device) = gpu() else { return };
+    for (n, k) in [(3, 256), (37, 1024), (130, 2304)] {
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        for format in [GgmlDType::Q4K, GgmlDType::Q6K] {
+            let q = QTensor::quantize_onto(&w, format, &device).unwrap();
+            let want: Vec<f32> = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            for (dtype, ulp) in [(DType::BF16, 2f32.powi(-8)), (DType::F16, 2f32.powi(-11))] {
+                assert!(dequantize_supported(&q, dtype));
+                let got = dequantize_16bit(&q, dtype).unwrap();
+                assert_eq!(got.dims(), [n, k]);
+                let got: Vec<f32> = got.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!((g - w).abs() <= w.abs() * ulp + 1e-6, "{format:?} {n}x{k} {dtype:?} weight {i}: {g} vs {w}");
+                }
+            }
+        }
+    }
 }
 
 /// Every format, dtype and row count against the F32 product. Q4_K/Q6_K round the activations

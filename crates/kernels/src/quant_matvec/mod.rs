@@ -21,7 +21,7 @@ use candle_core::{DType, Tensor};
 use crate::Result;
 
 /// CUDA C source of the kernels.
-pub const CUDA_SOURCE: &str = concat!(include_str!("../dtypes.cuh"), include_str!("matvec.cu"), include_str!("matvec_int8.cu"));
+pub const CUDA_SOURCE: &str = concat!(include_str!("../dtypes.cuh"), include_str!("matvec.cu"), include_str!("matvec_int8.cu"), include_str!("dequant.cu"));
 
 /// Most activation rows one launch takes (kernels are instantiated for 1..=8).
 pub const MAX_ROWS: usize = 8;
@@ -103,6 +103,33 @@ pub fn quant_matvec(w: &QTensor, x: &Tensor) -> Result<Tensor> {
     {
         let _ = (w, x);
         Err(crate::KernelError::InvalidMetadata("quant_matvec needs the cuda feature".into()))
+    }
+}
+
+/// Whether [`dequantize_16bit`] converts `w` to `dtype`: Q4_K/Q6_K `[n, k]` weights on a GPU
+/// (k a multiple of 256), BF16 or F16.
+pub fn dequantize_supported(w: &QTensor, dtype: DType) -> bool {
+    let Ok((_, k)) = w.shape().dims2() else { return false };
+    cfg!(feature = "cuda")
+        && w.device().is_cuda()
+        && matches!(w.dtype(), GgmlDType::Q4K | GgmlDType::Q6K)
+        && matches!(dtype, DType::BF16 | DType::F16)
+        && k % 256 == 0
+}
+
+/// `w` (`[n, k]`) dequantized to `dtype` on its GPU: every weight computed in F32 as ggml
+/// defines it (what [`QTensor::dequantize`] gives) and rounded once. For products with many
+/// activation rows, which then run as one GEMM in the activations' dtype. Call only where
+/// [`dequantize_supported`] holds.
+pub fn dequantize_16bit(w: &QTensor, dtype: DType) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::dequantize_16bit(w, dtype)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (w, dtype);
+        Err(crate::KernelError::InvalidMetadata("dequantize_16bit needs the cuda feature".into()))
     }
 }
 
