@@ -35,6 +35,13 @@ __device__ __forceinline__ void store(f16* p, float x) {
     p->bits = bits;
 }
 
+// x rounded to T (nearest even), as a value of type T.
+template <typename T> __device__ __forceinline__ T round_to(float x) {
+    T r;
+    store(&r, x);
+    return r;
+}
+
 // Eight BF16 or F16 values packed in 16 bytes (one vector load) as floats.
 template <typename T>
 __device__ __forceinline__ void unpack8(const uint4& v, float* out) {

@@ -208,17 +208,19 @@ impl Linear {
         })
     }
 
+    /// The weight when candle holds it quantized (what hearth's GPU matvec kernels read).
+    fn candle_qtensor(&self) -> Option<&QTensor> {
+        match &self.weight {
+            LinearWeight::Candle(QMatMul::QTensor(q)) => Some(q.as_ref()),
+            _ => None,
+        }
+    }
+
     /// `x` through several layers that read it (Q, K, V; gate, up): on a GPU, quantized
     /// generation-sized products take one grouped launch that quantizes `x` once
     /// (`quant_matvec_group`); otherwise one forward each. Same results either way.
     pub fn forward_many<const N: usize>(linears: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
-        let quantized: Option<Vec<&QTensor>> = linears
-            .iter()
-            .map(|linear| match &linear.weight {
-                LinearWeight::Candle(QMatMul::QTensor(q)) => Some(q.as_ref()),
-                _ => None,
-            })
-            .collect();
+        let quantized: Option<Vec<&QTensor>> = linears.iter().map(|linear| linear.candle_qtensor()).collect();
         let outputs: Vec<Tensor> = match quantized {
             Some(qs) if N > 1 && !x.device().is_cpu() && quant_matvec::group_supported(&qs, x) => {
                 let outputs = quant_matvec::quant_matvec_group(&qs, x)?;
@@ -448,7 +450,28 @@ pub enum GateUp {
 }
 
 impl Mlp {
+    fn gated_activation(&self) -> GatedActivation {
+        match self.activation {
+            Activation::Silu => GatedActivation::Silu,
+            Activation::GeluTanh => GatedActivation::GeluTanh,
+        }
+    }
+
+    /// Generation-sized steps on a GPU with quantized, bias-free gate and up projections: both
+    /// products and the activation in one launch (`quant_matvec_gated`); `None` elsewhere.
+    fn gated_matvec(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let GateUp::Separate { gate, up } = &self.gate_up else { return Ok(None) };
+        let (Some(g), Some(u)) = (gate.candle_qtensor(), up.candle_qtensor()) else { return Ok(None) };
+        if gate.bias.is_some() || up.bias.is_some() || !quant_matvec::gated_supported(g, u, x) {
+            return Ok(None);
+        }
+        Ok(Some(quant_matvec::quant_matvec_gated(g, u, x, self.gated_activation())?))
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(activated) = self.gated_matvec(x)? {
+            return self.down.forward(&activated);
+        }
         let (gate, up) = match &self.gate_up {
             GateUp::Separate { gate, up } => {
                 let [gate, up] = Linear::forward_many([gate, up], x)?;
@@ -462,11 +485,7 @@ impl Mlp {
             }
         };
         if gate.device().is_cuda() {
-            let act = match self.activation {
-                Activation::Silu => GatedActivation::Silu,
-                Activation::GeluTanh => GatedActivation::GeluTanh,
-            };
-            return self.down.forward(&fused::gated_act(&gate, &up, act)?);
+            return self.down.forward(&fused::gated_act(&gate, &up, self.gated_activation())?);
         }
         let gate = match self.activation {
             Activation::Silu => candle_nn::ops::silu(&gate)?,

@@ -12,12 +12,6 @@
 
 #define MAX_WARPS 32
 
-template <typename T> __device__ __forceinline__ T round_to(float x) {
-    T r;
-    store(&r, x);
-    return r;
-}
-
 __device__ float block_sum(float v, float* scratch) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, num_warps = blockDim.x / 32;
@@ -91,14 +85,7 @@ __device__ void gated_act(T* __restrict__ out, const T* __restrict__ gate, const
     for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < width; i += gridDim.x * blockDim.x) {
         const float g = to_f32(gate[row * gate_stride + i]);
         const float u = to_f32(up[row * up_stride + i]);
-        float a;
-        if (act == 0) {
-            a = g / (1.0f + expf(-g));
-        } else {
-            const float inner = 0.7978845608028654f * (g + 0.044715f * g * g * g);
-            a = 0.5f * g * (1.0f + tanhf(inner));
-        }
-        out[row * width + i] = round_to<T>(a * u);
+        out[row * width + i] = round_to<T>(gate_activation(g, act) * u);
     }
 }
 

@@ -22,7 +22,7 @@ use candle_core::{DType, Tensor, D};
 use crate::{write_kv, Result};
 
 /// CUDA C source of the kernels.
-pub const CUDA_SOURCE: &str = concat!(include_str!("../dtypes.cuh"), include_str!("fused.cu"));
+pub const CUDA_SOURCE: &str = concat!(include_str!("../dtypes.cuh"), include_str!("../activation.cuh"), include_str!("fused.cu"));
 
 /// The activation of a gated MLP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,6 +10,7 @@ use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor};
 
 use super::{int8_shared_bytes, uses_int8_activations, CUDA_SOURCE, MAX_GROUP};
+use crate::fused::GatedActivation;
 use crate::nvrtc::{contiguous_view, CudaModule};
 use crate::Result;
 
@@ -113,15 +114,19 @@ struct GroupMatrix {
 struct GroupMatrices {
     m: [GroupMatrix; MAX_GROUP],
     count: u32,
+    /// 0, or 1 + the gate activation (gate and up in m[0], m[1]; one output)
+    gated: u32,
 }
 
 // SAFETY: plain old data with the C layout of `Q8xMatrices`.
 unsafe impl DeviceRepr for GroupMatrices {}
 
 /// `x Wᵢᵀ` for every matrix of the group, one launch; the outputs lie one after the other in a
-/// flat `[rows * Σ nᵢ]` result (matrix i's `[rows, nᵢ]` block at `rows * Σ_{j<i} nⱼ`).
+/// flat `[rows * Σ nᵢ]` result (matrix i's `[rows, nᵢ]` block at `rows * Σ_{j<i} nⱼ`). Gated:
+/// `ws` = [gate, up] and the one output is `act(x gateᵀ) * (x upᵀ)`, flat `[rows * n]`.
 struct QuantMatvecGroup<'a> {
     ws: &'a [&'a QTensor],
+    gated: Option<GatedActivation>,
 }
 
 impl CustomOp1 for QuantMatvecGroup<'_> {
@@ -151,11 +156,17 @@ impl QuantMatvecGroup<'_> {
         let xv = contiguous_view::<T>(x, x_l, "quant_matvec_group: activations")?;
         let dev = x.device().clone();
         let stream = dev.cuda_stream();
-        let total_n: usize = self.ws.iter().map(|w| w.shape().dims()[0]).sum();
-        // SAFETY: every element is written (one warp per output row of every matrix).
+        let heights: Vec<usize> = self.ws.iter().map(|w| w.shape().dims()[0]).collect();
+        if self.gated.is_some() && (heights.len() != 2 || heights[0] != heights[1]) {
+            candle_core::bail!("quant_matvec_gated: gate and up must have one height, got {heights:?}");
+        }
+        let total_n: usize = if self.gated.is_some() { heights[0] } else { heights.iter().sum() };
+        // SAFETY: every element is written (one warp per output row of every matrix, or per
+        // gate/up row pair).
         let out = unsafe { dev.alloc::<T>(rows * total_n)? };
         let (base, guard) = out.device_ptr(&stream);
-        let mut group = GroupMatrices { count: self.ws.len() as u32, ..Default::default() };
+        let gated = self.gated.map_or(0, |act| 1 + act as u32);
+        let mut group = GroupMatrices { count: self.ws.len() as u32, gated, ..Default::default() };
         let (mut offset, mut blocks) = (0, 0);
         for (slot, w) in group.m.iter_mut().zip(self.ws) {
             let (n, w_k) = w.shape().dims2()?;
@@ -172,17 +183,24 @@ impl QuantMatvecGroup<'_> {
             offset += rows * n;
             blocks += (n as u32).div_ceil(Q8X_ROWS_PER_BLOCK);
         }
+        if gated != 0 {
+            // both matrices' rows in the same blocks, the result where the gate's would go
+            blocks = (total_n as u32).div_ceil(Q8X_ROWS_PER_BLOCK);
+            group.m[1].y = group.m[0].y;
+        }
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
             block_dim: (32, Q8X_ROWS_PER_BLOCK, 1),
             shared_mem_bytes: int8_shared_bytes(rows, k) as u32,
         };
-        let func = MODULE.function(x, &format!("matvec_q8x_group_{suffix}_{rows}"))?;
+        let mode = if gated != 0 { "gated" } else { "group" };
+        let func = MODULE.function(x, &format!("matvec_q8x_{mode}_{suffix}_{rows}"))?;
         let k_u32 = k as u32;
         let mut b = func.builder();
         b.arg(&group).arg(&xv).arg(&k_u32);
-        // SAFETY: arguments match `matvec_q8x_group_*`; each matrix pointer covers its n rows of
-        // k / 256 blocks, each output pointer its rows x n elements inside `out`; xv is rows x k.
+        // SAFETY: arguments match `matvec_q8x_group_*` / `matvec_q8x_gated_*`; each matrix
+        // pointer covers its n rows of k / 256 blocks, each output pointer its rows x n elements
+        // inside `out` (gated: one output); xv is rows x k.
         unsafe { b.launch(cfg) }.w()?;
         drop(guard);
         Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(rows * total_n)))
@@ -192,7 +210,7 @@ impl QuantMatvecGroup<'_> {
 pub fn quant_matvec_group(ws: &[&QTensor], x: &Tensor) -> Result<Vec<Tensor>> {
     let x = x.contiguous()?;
     let rows = x.dim(0)?;
-    let flat = x.apply_op1_no_bwd(&QuantMatvecGroup { ws })?;
+    let flat = x.apply_op1_no_bwd(&QuantMatvecGroup { ws, gated: None })?;
     let mut offset = 0;
     ws.iter()
         .map(|w| {
@@ -202,6 +220,12 @@ pub fn quant_matvec_group(ws: &[&QTensor], x: &Tensor) -> Result<Vec<Tensor>> {
             Ok(out)
         })
         .collect()
+}
+
+pub fn quant_matvec_gated(gate: &QTensor, up: &QTensor, x: &Tensor, act: GatedActivation) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let (rows, n) = (x.dim(0)?, gate.shape().dims()[0]);
+    Ok(x.apply_op1_no_bwd(&QuantMatvecGroup { ws: &[gate, up], gated: Some(act) })?.reshape((rows, n))?)
 }
 
 /// Threads per block of the dequantization kernels (eight per super-block).

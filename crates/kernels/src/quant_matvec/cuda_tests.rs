@@ -16,7 +16,7 @@ fn gpu() -> Option<Device> {
 #[test]
 fn nvrtc_compiles_the_matvec_source() {
     let ptx = cuda::MODULE.compile().unwrap_or_else(|e| panic!("NVRTC failed: {e:?}")).to_src();
-    let int8_kernels = ["q8x_q4k", "q8x_q6k", "q8x_group"];
+    let int8_kernels = ["q8x_q4k", "q8x_q6k", "q8x_group", "q8x_gated"];
     for format in ["q4k", "q6k", "q8_0", "q4_0"].into_iter().chain(int8_kernels) {
         for suffix in ["bf16", "f16"] {
             for rows in 1..=MAX_ROWS {
@@ -56,7 +56,9 @@ fn dequantize_16bit_rounds_the_f32_dequantization() {
 }
 
 /// Every format, dtype and row count against the F32 product. Q4_K/Q6_K round the activations
-/// to int8 (relative error ~1/254 per value), so both dtypes get the BF16 tolerance there.
+/// to int8 (relative error up to 1/254 per value; 1.2 % of the largest output was seen on
+/// random inputs), so they get twice the BF16 tolerance; the exact binding of those kernels is
+/// `int8_kernels_match_the_rounded_activation_reference`.
 #[test]
 fn every_format_matches_the_reference() {
     let Some(device) = gpu() else { return };
@@ -76,7 +78,11 @@ fn every_format_matches_the_reference() {
                     assert_eq!(fast.dims(), [rows, n]);
                     let diff = relative_diff(&fast, &slow);
                     let int8 = uses_int8_activations(format, rows, k);
-                    let tolerance = if dtype == DType::BF16 || int8 { 1e-2 } else { 2e-3 };
+                    let tolerance = match (int8, dtype) {
+                        (true, _) => 2e-2,
+                        (false, DType::BF16) => 1e-2,
+                        (false, _) => 2e-3,
+                    };
                     assert!(diff <= tolerance, "{format:?} {n}x{k} {dtype:?} rows {rows} int8 {int8}: relative diff {diff}");
                 }
             }
@@ -134,6 +140,39 @@ fn a_group_equals_its_matrices_one_by_one() {
             }
         }
     }
+}
+
+/// Gate and up with the activation in one launch equal the grouped products followed by the
+/// separate gated_act kernel (which sees the products rounded to the activations' dtype).
+#[test]
+fn the_gated_launch_equals_products_then_gated_act() {
+    use crate::fused::{gated_act, GatedActivation};
+    let Some(device) = gpu() else { return };
+    let k = 2048;
+    let matrix = |n: usize, format| {
+        let w = Tensor::randn(0f32, 0.05, (n, k), &Device::Cpu).unwrap();
+        QTensor::quantize_onto(&w, format, &device).unwrap()
+    };
+    let (gate, up, up6) = (matrix(203, GgmlDType::Q4K), matrix(203, GgmlDType::Q4K), matrix(203, GgmlDType::Q6K));
+    for (g, u) in [(&gate, &up), (&gate, &up6), (&up6, &gate)] {
+        for act in [GatedActivation::Silu, GatedActivation::GeluTanh] {
+            for dtype in [DType::BF16, DType::F16] {
+                for rows in [1, 2, 5, 8] {
+                    let x = Tensor::randn(0f32, 1.0, (rows, k), &device).unwrap().to_dtype(dtype).unwrap();
+                    assert!(gated_supported(g, u, &x));
+                    let fused = quant_matvec_gated(g, u, &x, act).unwrap();
+                    let [gx, ux]: [Tensor; 2] = quant_matvec_group(&[g, u], &x).unwrap().try_into().unwrap();
+                    let separate = gated_act(&gx, &ux, act).unwrap();
+                    assert_eq!(fused.dims(), [rows, 203]);
+                    let diff = relative_diff(&fused, &separate);
+                    assert!(diff <= 1e-3, "{:?}/{:?} {act:?} {dtype:?} rows {rows}: relative diff {diff}", g.dtype(), u.dtype());
+                }
+            }
+        }
+    }
+    let taller = matrix(204, GgmlDType::Q4K);
+    let x = Tensor::randn(0f32, 1.0, (1, k), &device).unwrap().to_dtype(DType::BF16).unwrap();
+    assert!(!gated_supported(&gate, &taller, &x), "gate and up of different heights");
 }
 
 #[test]

@@ -148,18 +148,52 @@ struct Q8xMatrix {
     unsigned int format;
 };
 
+// Gated mode (gated = 1 + the activation): m[0] is the gate and m[1] the up projection (same
+// height); each warp computes both rows and writes act(gate) * up to m[0].y. The two products are
+// rounded to T first, as the separate gated_act kernel sees them, so both paths agree.
 struct Q8xMatrices {
     Q8xMatrix m[3];
     unsigned int count;  // 1..=3
+    unsigned int gated;  // 0, or 1 + activation (activation.cuh) with count = 2
 };
 
 __device__ __forceinline__ unsigned int blocks_for(unsigned int nrows) { return (nrows + Q8X_WARPS - 1) / Q8X_WARPS; }
 
+template <int NCOLS>
+__device__ __forceinline__ void q8x_matrix_row(const Q8xMatrix& mat, unsigned int row, unsigned int ncols,
+                                               const float2* ds, const unsigned char* xq, float* acc) {
+    for (int c = 0; c < NCOLS; ++c) acc[c] = 0.0f;
+    if (mat.format == FORMAT_Q4K) q8x_q4k_row<NCOLS>(mat.w, row, ncols, ds, xq, acc);
+    else q8x_q6k_row<NCOLS>(mat.w, row, ncols, ds, xq, acc);
+}
+
 template <typename T, int NCOLS>
+__device__ void gated_rows(const Q8xMatrix& gate, const Q8xMatrix& up, unsigned int act, unsigned int ncols,
+                           const float2* ds, const unsigned char* xq) {
+    const unsigned int row = blockIdx.x * Q8X_WARPS + threadIdx.y;
+    if (row >= gate.nrows) return;
+    float g[NCOLS], u[NCOLS];
+    q8x_matrix_row<NCOLS>(gate, row, ncols, ds, xq, g);
+    q8x_matrix_row<NCOLS>(up, row, ncols, ds, xq, u);
+    reduce_and_store_prologue<NCOLS>(g);
+    reduce_and_store_prologue<NCOLS>(u);
+    if (threadIdx.x == 0)
+        for (int c = 0; c < NCOLS; ++c) {
+            const float gc = to_f32(round_to<T>(g[c])), uc = to_f32(round_to<T>(u[c]));
+            store((T*)gate.y + (unsigned long long)c * gate.nrows + row, gate_activation(gc, act) * uc);
+        }
+}
+
+// GATED: the gated mode's own entry point, so the plain group kernel keeps its registers.
+template <typename T, int NCOLS, bool GATED>
 __device__ void matvec_q8x_group(const Q8xMatrices& ms, const T* __restrict__ x, unsigned int ncols) {
     extern __shared__ float2 ds[];
     unsigned char* xq = (unsigned char*)(ds + NCOLS * (ncols / 32));
     quantize_rows<T, NCOLS>(x, ncols, ds, xq);
+    if (GATED) {
+        gated_rows<T, NCOLS>(ms.m[0], ms.m[1], ms.gated - 1, ncols, ds, xq);
+        return;
+    }
     // This block's matrix, chosen without indexing the parameter array (which would copy it to
     // local memory).
     const unsigned int b0 = blocks_for(ms.m[0].nrows), b1 = blocks_for(ms.m[1].nrows);
@@ -177,9 +211,7 @@ __device__ void matvec_q8x_group(const Q8xMatrices& ms, const T* __restrict__ x,
     const unsigned int row = block * Q8X_WARPS + threadIdx.y;
     if (row >= mat.nrows) return;
     float acc[NCOLS];
-    for (int c = 0; c < NCOLS; ++c) acc[c] = 0.0f;
-    if (mat.format == FORMAT_Q4K) q8x_q4k_row<NCOLS>(mat.w, row, ncols, ds, xq, acc);
-    else q8x_q6k_row<NCOLS>(mat.w, row, ncols, ds, xq, acc);
+    q8x_matrix_row<NCOLS>(mat, row, ncols, ds, xq, acc);
     finish<T, NCOLS>(acc, (T*)mat.y, row, mat.nrows);
 }
 
@@ -187,12 +219,13 @@ template <typename T, int NCOLS, int FORMAT>
 __device__ void matvec_q8x(const unsigned char* __restrict__ w, const T* __restrict__ x, T* __restrict__ y,
                            unsigned int nrows, unsigned int ncols) {
     Q8xMatrices one;
+    one.gated = 0;
     one.m[0].w = w;
     one.m[0].y = y;
     one.m[0].nrows = nrows;
     one.m[0].format = FORMAT;
     one.count = 1;
-    matvec_q8x_group<T, NCOLS>(one, x, ncols);
+    matvec_q8x_group<T, NCOLS, false>(one, x, ncols);
 }
 
 #define Q8X_KERNEL(FMT, FORMAT, SUFFIX, T, N)                                                         \
@@ -203,7 +236,11 @@ __device__ void matvec_q8x(const unsigned char* __restrict__ w, const T* __restr
 #define Q8X_GROUP_KERNEL(SUFFIX, T, N)                                                                \
     extern "C" __global__ void matvec_q8x_group_##SUFFIX##_##N(Q8xMatrices matrices, const T* x,      \
                                                                  unsigned int ncols) {                \
-        matvec_q8x_group<T, N>(matrices, x, ncols);                                                                      \
+        matvec_q8x_group<T, N, false>(matrices, x, ncols);                                            \
+    }                                                                                                 \
+    extern "C" __global__ void matvec_q8x_gated_##SUFFIX##_##N(Q8xMatrices matrices, const T* x,      \
+                                                                 unsigned int ncols) {                \
+        matvec_q8x_group<T, N, true>(matrices, x, ncols);                                             \
     }
 #define Q8X_ALL(SUFFIX, T, N) \
     Q8X_KERNEL(q4k, FORMAT_Q4K, SUFFIX, T, N) Q8X_KERNEL(q6k, FORMAT_Q6K, SUFFIX, T, N) Q8X_GROUP_KERNEL(SUFFIX, T, N)

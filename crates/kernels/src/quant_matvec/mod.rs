@@ -21,7 +21,13 @@ use candle_core::{DType, Tensor};
 use crate::Result;
 
 /// CUDA C source of the kernels.
-pub const CUDA_SOURCE: &str = concat!(include_str!("../dtypes.cuh"), include_str!("matvec.cu"), include_str!("matvec_int8.cu"), include_str!("dequant.cu"));
+pub const CUDA_SOURCE: &str = concat!(
+    include_str!("../dtypes.cuh"),
+    include_str!("../activation.cuh"),
+    include_str!("matvec.cu"),
+    include_str!("matvec_int8.cu"),
+    include_str!("dequant.cu")
+);
 
 /// Most activation rows one launch takes (kernels are instantiated for 1..=8).
 pub const MAX_ROWS: usize = 8;
@@ -71,6 +77,26 @@ pub fn quant_matvec_group(ws: &[&QTensor], x: &Tensor) -> Result<Vec<Tensor>> {
     {
         let _ = (ws, x);
         Err(crate::KernelError::InvalidMetadata("quant_matvec_group needs the cuda feature".into()))
+    }
+}
+
+/// Whether [`quant_matvec_gated`] handles `gate` and `up` (one height) times `x`.
+pub fn gated_supported(gate: &QTensor, up: &QTensor, x: &Tensor) -> bool {
+    group_supported(&[gate, up], x) && gate.shape().dims().first() == up.shape().dims().first()
+}
+
+/// `act(x gateᵀ) * (x upᵀ)`, `[rows, n]`, in one launch: a gated MLP's gate/up projections and
+/// its activation (each product rounded to `x`'s dtype first, as [`crate::fused::gated_act`]
+/// receives them). Call only where [`gated_supported`] holds.
+pub fn quant_matvec_gated(gate: &QTensor, up: &QTensor, x: &Tensor, act: crate::fused::GatedActivation) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::quant_matvec_gated(gate, up, x, act)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (gate, up, x, act);
+        Err(crate::KernelError::InvalidMetadata("quant_matvec_gated needs the cuda feature".into()))
     }
 }
 
