@@ -54,3 +54,16 @@ __device__ __forceinline__ void unpack8(const uint4& v, float* out) {
         out[2 * i + 1] = to_f32(hi);
     }
 }
+
+// Eight floats rounded to BF16 or F16 and packed in 16 bytes (one vector store): unpack8's inverse.
+template <typename T>
+__device__ __forceinline__ uint4 pack8(const float* v) {
+    unsigned int w[4];
+    for (int i = 0; i < 4; ++i) w[i] = (unsigned int)round_to<T>(v[2 * i]).bits | ((unsigned int)round_to<T>(v[2 * i + 1]).bits << 16);
+    uint4 u;
+    u.x = w[0];
+    u.y = w[1];
+    u.z = w[2];
+    u.w = w[3];
+    return u;
+}

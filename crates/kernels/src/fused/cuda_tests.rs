@@ -40,13 +40,18 @@ fn nvrtc_compiles_the_fused_source() {
             assert!(ptx.contains(&format!(".entry {kernel}_{suffix}(")), "PTX lacks {kernel}_{suffix}");
         }
     }
+    for suffix in ["bf16", "f16"] {
+        assert!(ptx.contains(&format!(".entry add_rms_norm8_{suffix}(")), "PTX lacks add_rms_norm8_{suffix}");
+    }
 }
 
 #[test]
 fn add_rms_norm_matches_reference() {
     let Some(device) = gpu() else { return };
     for dtype in DTYPES {
-        for (rows, hidden) in [(1, 64), (7, 576), (3, 4096), (2, 33)] {
+        // 8-element rows take add_rms_norm8 in BF16/F16 (one chunk per thread up to 8192, more
+        // beyond), the others the scalar kernel.
+        for (rows, hidden) in [(1, 64), (7, 576), (3, 4096), (2, 33), (1, 12288), (2, 8200)] {
             let x = randn(&[rows, hidden], &device, dtype);
             let r = randn(&[rows, hidden], &device, dtype);
             let w = randn(&[hidden], &device, dtype);

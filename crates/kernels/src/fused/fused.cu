@@ -4,6 +4,8 @@
 //
 // add_rms_norm: one block per row. sum = x + residual (rounded to T, stored), out = sum / rms(sum)
 //   * weight. The norm is computed from the rounded sum, as the unfused add-then-norm does.
+//   add_rms_norm8 is the same for BF16/F16 rows of 8-element chunks (16-byte loads, the sums
+//   kept in registers).
 // rope_write_kv: one block per token. Rotates q and k (half-split / NeoX rotary, F32 cos/sin
 //   tables indexed by position), writes the rotated q to q_out and k, v to the paged pool at the
 //   token's slot.
@@ -39,6 +41,47 @@ __device__ void add_rms_norm(T* __restrict__ out, T* __restrict__ sum_out, const
     const float inv_rms = rsqrtf(block_sum(sq, scratch) / (float)hidden + eps);
     for (unsigned int i = threadIdx.x; i < hidden; i += blockDim.x) {
         out[base + i] = round_to<T>(to_f32(sum_out[base + i]) * inv_rms * to_f32(weight[i]));
+    }
+}
+
+// add_rms_norm for BF16/F16 rows of a multiple of 8 elements (16-byte aligned): each thread takes
+// 8 consecutive elements per 16-byte load, up to NORM_CHUNKS of them, and keeps the rounded sums
+// in registers for the second pass instead of reading them back. Same results as add_rms_norm.
+#define NORM_CHUNKS 4
+
+template <typename T>
+__device__ void add_rms_norm8(T* __restrict__ out, T* __restrict__ sum_out, const T* __restrict__ x,
+                              const T* __restrict__ residual, const T* __restrict__ weight,
+                              unsigned int hidden, float eps) {
+    __shared__ float scratch[MAX_WARPS];
+    const unsigned long long base = (unsigned long long)blockIdx.x * hidden;
+    const unsigned int chunks = hidden / 8;
+    float v[NORM_CHUNKS][8];
+    float sq = 0.0f;
+#pragma unroll
+    for (int c = 0; c < NORM_CHUNKS; ++c) {
+        const unsigned int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) {
+            float a[8], b[8];
+            unpack8<T>(*(const uint4*)(x + base + 8 * chunk), a);
+            unpack8<T>(*(const uint4*)(residual + base + 8 * chunk), b);
+            for (int i = 0; i < 8; ++i) {
+                v[c][i] = to_f32(round_to<T>(a[i] + b[i]));
+                sq += v[c][i] * v[c][i];
+            }
+            *(uint4*)(sum_out + base + 8 * chunk) = pack8<T>(v[c]);
+        }
+    }
+    const float inv_rms = rsqrtf(block_sum(sq, scratch) / (float)hidden + eps);
+#pragma unroll
+    for (int c = 0; c < NORM_CHUNKS; ++c) {
+        const unsigned int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) {
+            float wv[8], o[8];
+            unpack8<T>(*(const uint4*)(weight + 8 * chunk), wv);
+            for (int i = 0; i < 8; ++i) o[i] = v[c][i] * inv_rms * wv[i];
+            *(uint4*)(out + base + 8 * chunk) = pack8<T>(o);
+        }
     }
 }
 
@@ -110,3 +153,12 @@ __device__ void gated_act(T* __restrict__ out, const T* __restrict__ gate, const
 INSTANTIATE(f32, float)
 INSTANTIATE(bf16, bf16)
 INSTANTIATE(f16, f16)
+
+#define INSTANTIATE8(SUFFIX, T)                                                                       \
+    extern "C" __global__ void add_rms_norm8_##SUFFIX(T* out, T* sum_out, const T* x, const T* residual, \
+                                                      const T* weight, unsigned int hidden, float eps) { \
+        add_rms_norm8<T>(out, sum_out, x, residual, weight, hidden, eps);                             \
+    }
+
+INSTANTIATE8(bf16, bf16)
+INSTANTIATE8(f16, f16)

@@ -5,23 +5,10 @@
 // are numbered row-major, so super-block s covers outputs [256 s, 256 s + 256). Values are
 // computed in F32 exactly as ggml defines them and rounded once to the output type.
 
-template <typename T>
-__device__ __forceinline__ unsigned int pack2(float a, float b) {
-    T lo, hi;
-    store(&lo, a);
-    store(&hi, b);
-    return (unsigned int)lo.bits | ((unsigned int)hi.bits << 16);
-}
-
 // Eight values to out[0..8] (16-byte aligned) in one store.
 template <typename T>
 __device__ __forceinline__ void store8(T* out, const float* v) {
-    uint4 u;
-    u.x = pack2<T>(v[0], v[1]);
-    u.y = pack2<T>(v[2], v[3]);
-    u.z = pack2<T>(v[4], v[5]);
-    u.w = pack2<T>(v[6], v[7]);
-    *(uint4*)out = u;
+    *(uint4*)out = pack8<T>(v);
 }
 
 // Q4_K: w = d * scale * q - dmin * min per 32-weight group; the lane's 16 low nibbles are
@@ -64,13 +51,7 @@ __device__ void dequant_q6k(const unsigned char* __restrict__ w, T* __restrict__
     const Q6KPiece p = q6k_load(w + s * 210, n, l0);
     const float d = h2f(p.d);
     unsigned int q[4][2];
-    for (int h = 0; h < 2; ++h) {
-        const unsigned int a = p.ql_a[h], bb = p.ql_b[h], qh = p.qh[h];
-        q[0][h] = (a & 0x0F0F0F0Fu) | ((qh << 4) & 0x30303030u);
-        q[1][h] = (bb & 0x0F0F0F0Fu) | ((qh << 2) & 0x30303030u);
-        q[2][h] = ((a >> 4) & 0x0F0F0F0Fu) | (qh & 0x30303030u);
-        q[3][h] = ((bb >> 4) & 0x0F0F0F0Fu) | ((qh >> 2) & 0x30303030u);
-    }
+    q6k_values(p, q);
     T* o = out + s * 256 + 128 * n + l0;
     for (int i = 0; i < 4; ++i) {
         const float scale = d * (float)p.scales[i];

@@ -149,18 +149,23 @@ __device__ __forceinline__ Q6KPiece q6k_load(const unsigned char* b, unsigned in
     return p;
 }
 
+// The piece's 6-bit values (0..63; the offset 32 not yet subtracted), four per word: q[i][h] holds
+// weights 4h..4h+3 of the lane's 8 in quarter i (quarters 32 weights apart, scale p.scales[i]).
+__device__ __forceinline__ void q6k_values(const Q6KPiece& p, unsigned int q[4][2]) {
+    for (int h = 0; h < 2; ++h) {
+        const unsigned int a = p.ql_a[h], bb = p.ql_b[h], qh = p.qh[h];
+        q[0][h] = (a & 0x0F0F0F0Fu) | ((qh << 4) & 0x30303030u);
+        q[1][h] = (bb & 0x0F0F0F0Fu) | ((qh << 2) & 0x30303030u);
+        q[2][h] = ((a >> 4) & 0x0F0F0F0Fu) | (qh & 0x30303030u);
+        q[3][h] = ((bb >> 4) & 0x0F0F0F0Fu) | ((qh >> 2) & 0x30303030u);
+    }
+}
+
 template <typename T, int NCOLS>
 __device__ __forceinline__ void q6k_accumulate(const Q6KPiece& p, unsigned int sb, unsigned int n, unsigned int l0,
                                                const T* __restrict__ x, unsigned int ncols, float* acc) {
-    // 6-bit values of the four 32-weight quarters this lane meets, four per word, offset 32.
-    unsigned int q1[2], q2[2], q3[2], q4[2];
-    for (int h = 0; h < 2; ++h) {
-        const unsigned int a = p.ql_a[h], bb = p.ql_b[h], qh = p.qh[h];
-        q1[h] = (a & 0x0F0F0F0Fu) | ((qh << 4) & 0x30303030u);
-        q2[h] = (bb & 0x0F0F0F0Fu) | ((qh << 2) & 0x30303030u);
-        q3[h] = ((a >> 4) & 0x0F0F0F0Fu) | (qh & 0x30303030u);
-        q4[h] = ((bb >> 4) & 0x0F0F0F0Fu) | ((qh >> 2) & 0x30303030u);
-    }
+    unsigned int q[4][2];
+    q6k_values(p, q);
     const float d = h2f(p.d);
     const float s1 = d * p.scales[0], s2 = d * p.scales[1], s3 = d * p.scales[2], s4 = d * p.scales[3];
     const unsigned int k0 = sb * 256 + 128 * n + l0;
@@ -173,10 +178,10 @@ __device__ __forceinline__ void q6k_accumulate(const Q6KPiece& p, unsigned int s
         load8(xc + 96, x4);
         float d1 = 0.0f, d2 = 0.0f, d3 = 0.0f, d4 = 0.0f;
         for (int i = 0; i < 8; ++i) {
-            d1 += x1[i] * byte_as_float(q1[i / 4], i % 4, 32.0f);
-            d2 += x2[i] * byte_as_float(q2[i / 4], i % 4, 32.0f);
-            d3 += x3[i] * byte_as_float(q3[i / 4], i % 4, 32.0f);
-            d4 += x4[i] * byte_as_float(q4[i / 4], i % 4, 32.0f);
+            d1 += x1[i] * byte_as_float(q[0][i / 4], i % 4, 32.0f);
+            d2 += x2[i] * byte_as_float(q[1][i / 4], i % 4, 32.0f);
+            d3 += x3[i] * byte_as_float(q[2][i / 4], i % 4, 32.0f);
+            d4 += x4[i] * byte_as_float(q[3][i / 4], i % 4, 32.0f);
         }
         acc[c] += s1 * d1 + s2 * d2 + s3 * d3 + s4 * d4;
     }

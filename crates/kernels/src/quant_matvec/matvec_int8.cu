@@ -113,13 +113,9 @@ __device__ void q8x_q6k_row(const unsigned char* __restrict__ w, unsigned int ro
         const Q6KPiece p = q6k_load(row_w + sb * 210, n, l0);
         // int8 weights (6-bit value - 32) of the four 8-weight quarters, 32 apart
         unsigned int q[4][2];
-        for (int h = 0; h < 2; ++h) {
-            const unsigned int a = p.ql_a[h], bb = p.ql_b[h], qh = p.qh[h];
-            q[0][h] = minus32_bytes((a & 0x0F0F0F0Fu) | ((qh << 4) & 0x30303030u));
-            q[1][h] = minus32_bytes((bb & 0x0F0F0F0Fu) | ((qh << 2) & 0x30303030u));
-            q[2][h] = minus32_bytes(((a >> 4) & 0x0F0F0F0Fu) | (qh & 0x30303030u));
-            q[3][h] = minus32_bytes(((bb >> 4) & 0x0F0F0F0Fu) | ((qh >> 2) & 0x30303030u));
-        }
+        q6k_values(p, q);
+        for (int i = 0; i < 4; ++i)
+            for (int h = 0; h < 2; ++h) q[i][h] = minus32_bytes(q[i][h]);
         const float d = h2f(p.d);
         const unsigned int k0 = sb * 256 + 128 * n + l0;
         for (int c = 0; c < NCOLS; ++c) {
