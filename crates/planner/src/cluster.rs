@@ -58,39 +58,42 @@ impl Link {
         bandwidth_bytes_per_s: 9.4e9 / 8.0,
     };
 
-    /// NVLink 4 (H100/H200 SXM, NVSwitch): 450 GB/s per direction per GPU, and 10 µs for the
-    /// smallest collective through NCCL (kernel launch and synchronisation), used as the
-    /// per-collective latency of tensor parallelism.
+    /// NVLink 4 (H100/H200 SXM, NVSwitch): 450 GB/s per direction per GPU, and 60 µs per
+    /// collective of a tensor-parallel step, as hearth runs it (eager NCCL calls, one per
+    /// all-reduce). Measured on 2× H200: 8B decode steps at TP=2 took 6.80 ms (BF16) and 5.96 ms
+    /// (Q4_K_M) against 5.53 and 3.29 ms on one GPU, ~63 and ~67 µs per all-reduce beyond half
+    /// the single-GPU step; NCCL alone all-reduces one 4096-wide BF16 row in 43 µs there.
     pub const NVLINK_4: Link = Link {
-        latency_s: 10e-6,
+        latency_s: 60e-6,
         bandwidth_bytes_per_s: 450e9,
     };
 
-    /// NVLink 3 (A100 SXM, NVSwitch): 300 GB/s per direction per GPU, 10 µs per collective.
+    /// NVLink 3 (A100 SXM, NVSwitch): 300 GB/s per direction per GPU, 60 µs per collective (as
+    /// [`Link::NVLINK_4`]: the cost is NCCL's and hearth's, not the wire's).
     pub const NVLINK_3: Link = Link {
-        latency_s: 10e-6,
+        latency_s: 60e-6,
         bandwidth_bytes_per_s: 300e9,
     };
 
     /// PCIe 5.0 x16 with peer-to-peer access (H100 PCIe): ~50 GB/s achieved of 64 GB/s, and
-    /// 15 µs per collective.
+    /// 65 µs per collective (NVLink's, plus 5 µs for the slower link; not measured).
     pub const PCIE_5_X16: Link = Link {
-        latency_s: 15e-6,
+        latency_s: 65e-6,
         bandwidth_bytes_per_s: 50e9,
     };
 
     /// PCIe 4.0 x16 with peer-to-peer access (L4, L40S): ~25 GB/s achieved of 32 GB/s, and
-    /// 15 µs per collective.
+    /// 65 µs per collective (as PCIe 5.0; not measured).
     pub const PCIE_4_X16: Link = Link {
-        latency_s: 15e-6,
+        latency_s: 65e-6,
         bandwidth_bytes_per_s: 25e9,
     };
 
     /// GeForce cards in one machine: peer-to-peer access is disabled, so collectives copy
-    /// through host memory: ~12 GB/s and 25 µs per collective (below
-    /// [`TENSOR_PARALLEL_MIN_LINK_BANDWIDTH`]).
+    /// through host memory: ~12 GB/s and 75 µs per collective (below
+    /// [`TENSOR_PARALLEL_MIN_LINK_BANDWIDTH`]; not measured).
     pub const PCIE_THROUGH_HOST_MEMORY: Link = Link {
-        latency_s: 25e-6,
+        latency_s: 75e-6,
         bandwidth_bytes_per_s: 12e9,
     };
 

@@ -30,8 +30,9 @@
 //!   ÷ the rank's bandwidth) + [`ALL_REDUCES_PER_LAYER`] × layers × one all-reduce of a BF16
 //!   hidden-state row.
 //! - all-reduce of `B` bytes over `N` ranks (ring) = 2 × (N − 1) ÷ N × B ÷ interconnect
-//!   bandwidth + the interconnect's latency, taken as the per-collective latency (10 µs for
-//!   NVLink: [`crate::Link::NVLINK_4`]). The gather of the vocabulary-split logits (one more
+//!   bandwidth + the interconnect's latency, taken as the per-collective latency (60 µs for
+//!   NVLink, what hearth's eager NCCL all-reduce cost per call on 2× H200:
+//!   [`crate::Link::NVLINK_4`]). The gather of the vocabulary-split logits (one more
 //!   collective per token, against 2 × layers) is not counted.
 //! - time to first token = max over ranks of (prompt FLOPs ÷ N ÷ compute, prompt bytes ÷ N ÷
 //!   bandwidth) + 2 × layers all-reduces of the prompt's hidden states (`prompt_tokens` rows).
