@@ -1,5 +1,6 @@
-# Shared by scripts/pipeline-bench.sh (loopback) and scripts/pipeline-netns-bench.sh (network
-# namespaces joined by rate-limited veth pairs); sourced, not run. Owns: the settings both
+# Shared by scripts/pipeline-bench.sh (loopback), scripts/pipeline-netns-bench.sh (network
+# namespaces joined by rate-limited veth pairs) and scripts/pipeline-depth-bench.sh (steps in
+# flight); sourced, not run. Owns: the settings both
 # read, the processes they start (stopped by PID on exit), the layer split, one measured row
 # beside the planner's prediction (`bench_row`) and the split prefill/decode rows (`split_rows`).
 #

@@ -17,42 +17,15 @@ MODEL=${1:-${HEARTH_ASSETS:-$HOME/.cache/hearth/assets}/smollm2-135m-instruct-q4
 CONC=${CONC:-4}
 GEN=${GEN:-64}
 REPS=${REPS:-3}
-THREADS=${THREADS:-$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))}
-HEARTH=${HEARTH:-${CARGO_TARGET_DIR:-$HOME/.cache/hearth/target}/debug/hearth}
-export HEARTH_CLUSTER_KEY=${HEARTH_CLUSTER_KEY:-pipeline-depth-bench-key-$$-$RANDOM}
+# The binary and model checks, the work folder, the processes stopped on exit, `num_layers`,
+# `spawn`, `threads_for` and `wait_listening`.
+source "$(dirname "${BASH_SOURCE[0]}")/pipeline-bench-lib.sh"
+THREADS=$(threads_for 2)
 export RAYON_NUM_THREADS=$THREADS
 
-[[ -x $HEARTH ]] || { echo "no hearth binary at $HEARTH (cargo build -p hearth-cli, or set HEARTH)" >&2; exit 1; }
-[[ -e $MODEL ]] || { echo "no model at $MODEL (scripts/fetch-assets.sh)" >&2; exit 1; }
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-# Waits (at most 60 s) for PATTERN in FILE; prints the rest of the matching line.
-wait_for() {
-    for _ in $(seq 1 600); do
-        if grep -q "$2" "$1" 2>/dev/null; then
-            sed -n "s/.*$2//p" "$1" | head -1
-            return
-        fi
-        sleep 0.1
-    done
-    echo "timed out waiting for '$2' in $1:" >&2
-    cat "$1" >&2
-    exit 1
-}
-
-num_layers=$("$HEARTH" plan -m "$MODEL" --json --ctx 512 | python3 -c 'import json,sys; print(json.load(sys.stdin)["model"]["num_layers"])')
 half=$(( num_layers / 2 ))
-"$HEARTH" stage -m "$MODEL" --layers "$half..$num_layers" --listen 127.0.0.1:0 --kv-memory 1GiB >"$work/stage.out" 2>&1 &
-pids+=($!)
-stage_address=$(wait_for "$work/stage.out" "listening on ")
+spawn "" "$work/stage.out" "$HEARTH" stage -m "$MODEL" --layers "$half..$num_layers" --listen 127.0.0.1:0 --kv-memory 1GiB
+stage_address="127.0.0.1:$(wait_listening "$work/stage.out")"
 
 printf '%-6s %-5s %10s %12s\n' depth run "wall s" "gen tok/s"
 for rep in $(seq 1 "$REPS"); do
