@@ -61,7 +61,6 @@ impl CudaModule {
             .map_err(|e| candle_core::Error::Msg(format!("compiling the CUDA kernels of {}: {e}", self.file_name)))
     }
 
-
     /// A kernel of this module on `storage`'s device.
     pub fn function(&self, storage: &CudaStorage, kernel: &str) -> candle_core::Result<Kernel> {
         self.function_on(storage.device(), kernel)

@@ -236,11 +236,10 @@ pub fn dequantize_16bit(w: &QTensor, dtype: DType) -> Result<Tensor> {
         return Err(candle_core::Error::Msg("dequantize_16bit: the weights are not on a GPU".into()).into());
     };
     let (n, k) = w.shape().dims2()?;
-    let format = match w.dtype() {
-        GgmlDType::Q4K => "q4k",
-        GgmlDType::Q6K => "q6k",
-        other => return Err(candle_core::Error::Msg(format!("dequantize_16bit: no kernel for {other:?}")).into()),
-    };
+    if !matches!(w.dtype(), GgmlDType::Q4K | GgmlDType::Q6K) {
+        return Err(candle_core::Error::Msg(format!("dequantize_16bit: no kernel for {:?}", w.dtype())).into());
+    }
+    let format = format_name(w.dtype())?;
     if k % 256 != 0 || n * k == 0 {
         return Err(candle_core::Error::Msg(format!("dequantize_16bit: weight {n}x{k} is not whole super-blocks")).into());
     }
