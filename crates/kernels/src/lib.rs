@@ -24,6 +24,7 @@ pub mod paged_attention;
 pub mod prefill_attention;
 pub mod quant_matmul;
 pub mod quant_matvec;
+pub mod quant_mma;
 
 pub use paged_attention::{
     kernel_metadata, paged_attention, paged_attention_reference, write_kv, AttentionLayout, SequenceSpan,

@@ -1,8 +1,8 @@
 //! Our CUDA C kernels compiled at run time by NVRTC (through candle's cudarc), one module per
 //! source file, and the small glue every launcher needs.
 //!
-//! Owns: compile options (PTX for the oldest architecture CUDA 13 supports; the driver JIT-compiles
-//! it for the GPU at hand), the process-wide PTX cache (compiling costs ~100 ms per source and a
+//! Owns: compile options (PTX for the oldest architecture CUDA 13 supports, or for a newer one
+//! where a module needs its instructions; the driver JIT-compiles it for the GPU at hand), the process-wide PTX cache (compiling costs ~100 ms per source and a
 //! source never changes), and contiguous views of tensor storage. Does not own: any kernel.
 
 use std::sync::{Arc, OnceLock};
@@ -19,12 +19,19 @@ pub struct CudaModule {
     pub name: &'static str,
     pub file_name: &'static str,
     pub source: &'static str,
+    /// Virtual architecture the PTX targets (`compute_75`, Turing, unless the module needs more).
+    pub arch: &'static str,
     ptx: OnceLock<Result<String, String>>,
 }
 
 impl CudaModule {
     pub const fn new(name: &'static str, file_name: &'static str, source: &'static str) -> Self {
-        Self { name, file_name, source, ptx: OnceLock::new() }
+        Self::for_arch(name, file_name, source, "compute_75")
+    }
+
+    /// A module whose kernels need a newer architecture (launch them only on GPUs that have it).
+    pub const fn for_arch(name: &'static str, file_name: &'static str, source: &'static str, arch: &'static str) -> Self {
+        Self { name, file_name, source, arch, ptx: OnceLock::new() }
     }
 
     /// Compiles the source to PTX (no GPU needed, only libnvrtc).
@@ -33,7 +40,7 @@ impl CudaModule {
     }
 
     fn compile_source(&self, source: &str) -> Result<Ptx, nvrtc::CompileError> {
-        let options = CompileOptions { arch: Some("compute_75"), name: Some(self.file_name.into()), ..Default::default() };
+        let options = CompileOptions { arch: Some(self.arch), name: Some(self.file_name.into()), ..Default::default() };
         nvrtc::compile_ptx_with_opts(source, options)
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 use hearth_kernels::fused::{self, GatedActivation};
-use hearth_kernels::{dense_matvec, quant_matvec, QuantizedMatrix};
+use hearth_kernels::{dense_matvec, quant_matvec, quant_mma, QuantizedMatrix};
 
 use crate::config::{Activation, ModelConfig, RopeScaling};
 use crate::Result;
@@ -128,10 +128,17 @@ fn dequantized_gemm_min_rows() -> Option<usize> {
     })
 }
 
+/// `HEARTH_INT8_MMA=0` sends the products of 9 rows up to the GEMM threshold back to candle's
+/// MMQ kernels instead of `quant_mma` (for comparisons).
+fn int8_mma_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("HEARTH_INT8_MMA").map_or(true, |v| v.trim() != "0"))
+}
+
 /// `x Wᵀ` with `W` dequantized for this call (`[n, k]`, a transient buffer): one cuBLAS GEMM on
-/// tensor cores with F32 accumulation. Q4_K/Q6_K weights are dequantized to `x`'s own dtype
-/// (BF16 or F16), so the activations and the result are not cast; other block types go to F16
-/// through candle, with `x` cast to F16 and the result back (as llama.cpp's cuBLAS path does).
+/// tensor cores with F32 accumulation. Q4_K/Q6_K/Q8_0/Q5_0 weights are dequantized to `x`'s own
+/// dtype (BF16 or F16), so the activations and the result are not cast; other block types go to
+/// F16 through candle, with `x` cast to F16 and the result back (as llama.cpp's cuBLAS path does).
 /// Bound to the dequantize-to-F32 product by `tests/gpu_layers.rs`.
 pub fn dequantized_gemm(q: &QTensor, x: &Tensor) -> Result<Tensor> {
     if quant_matvec::dequantize_supported(q, x.dtype()) {
@@ -153,10 +160,15 @@ fn candle_matmul(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
             if quant_matvec::supported(q, &x) {
                 return Ok(quant_matvec::quant_matvec(q, &x)?);
             }
-            if let Some(rows) = dequantized_gemm_min_rows() {
+            let gemm_rows = dequantized_gemm_min_rows();
+            if let Some(rows) = gemm_rows {
                 if x.dim(0)? >= rows && x.dtype() != DType::F32 {
                     return dequantized_gemm(q, &x);
                 }
+            }
+            // Batched generation steps (9 rows up to the GEMM threshold): int8 tensor cores.
+            if int8_mma_enabled() && quant_mma::supported(q, &x) {
+                return Ok(quant_mma::quant_mma(q, &x)?);
             }
             let direct = matches!(
                 q.dtype(),

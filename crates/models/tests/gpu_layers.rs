@@ -1,5 +1,5 @@
 //! On a GPU: the dequantize + GEMM product used for large quantized products
-//! (`layers::dequantized_gemm`: Q4_K/Q6_K to BF16 with BF16 activations, Q8_0 to F16) against
+//! (`layers::dequantized_gemm`: Q4_K/Q6_K/Q8_0 to BF16 with BF16 activations, Q4_1 to F16) against
 //! the F32 reference (weights dequantized to F32, F32 activations), at prompt-sized row counts. Skips without a GPU
 //! unless `HEARTH_REQUIRE_GPU=1`.
 
@@ -15,7 +15,7 @@ fn dequantized_gemm_matches_the_f32_product() {
         Err(e) => return eprintln!("skipped: no CUDA device ({e})"),
     };
     let (n, k) = (384, 1024);
-    for dtype in [GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::Q8_0] {
+    for dtype in [GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::Q8_0, GgmlDType::Q4_1] {
         let w = Tensor::randn(0f32, 0.05, (n, k), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&w, dtype).unwrap();
         let w_ref = q.dequantize(&Device::Cpu).unwrap();

@@ -231,21 +231,43 @@ pub fn quant_matvec_gated(gate: &QTensor, up: &QTensor, x: &Tensor, act: GatedAc
 /// Threads per block of the dequantization kernels (eight per super-block).
 const DEQUANT_THREADS: u32 = 256;
 
+/// A dequantize kernel's format: its name in dequant.cu, weights per block, threads per block.
+struct DequantFormat {
+    name: &'static str,
+    block_weights: usize,
+    block_threads: u64,
+}
+
+fn dequant_format(dtype: GgmlDType) -> Option<DequantFormat> {
+    let (name, block_weights, block_threads) = match dtype {
+        GgmlDType::Q4K => ("q4k", 256, 8),
+        GgmlDType::Q6K => ("q6k", 256, 8),
+        GgmlDType::Q8_0 => ("q8_0", 32, 1),
+        GgmlDType::Q5_0 => ("q5_0", 32, 1),
+        _ => return None,
+    };
+    Some(DequantFormat { name, block_weights, block_threads })
+}
+
+/// Weights per block of the formats [`dequantize_16bit`] converts.
+pub fn dequant_block_weights(dtype: GgmlDType) -> Option<usize> {
+    dequant_format(dtype).map(|f| f.block_weights)
+}
+
 pub fn dequantize_16bit(w: &QTensor, dtype: DType) -> Result<Tensor> {
     let Device::Cuda(dev) = w.device() else {
         return Err(candle_core::Error::Msg("dequantize_16bit: the weights are not on a GPU".into()).into());
     };
     let (n, k) = w.shape().dims2()?;
-    if !matches!(w.dtype(), GgmlDType::Q4K | GgmlDType::Q6K) {
+    let Some(format) = dequant_format(w.dtype()) else {
         return Err(candle_core::Error::Msg(format!("dequantize_16bit: no kernel for {:?}", w.dtype())).into());
-    }
-    let format = format_name(w.dtype())?;
-    if k % 256 != 0 || n * k == 0 {
-        return Err(candle_core::Error::Msg(format!("dequantize_16bit: weight {n}x{k} is not whole super-blocks")).into());
+    };
+    if k % format.block_weights != 0 || n * k == 0 {
+        return Err(candle_core::Error::Msg(format!("dequantize_16bit: weight {n}x{k} is not whole blocks")).into());
     }
     let storage = match dtype {
-        DType::BF16 => launch_dequantize::<half::bf16>(w, &dev, format, "bf16")?,
-        DType::F16 => launch_dequantize::<half::f16>(w, &dev, format, "f16")?,
+        DType::BF16 => launch_dequantize::<half::bf16>(w, &dev, &format, "bf16")?,
+        DType::F16 => launch_dequantize::<half::f16>(w, &dev, &format, "f16")?,
         other => return Err(candle_core::Error::Msg(format!("dequantize_16bit: BF16 or F16 only, got {other:?}")).into()),
     };
     Ok(Tensor::from_storage(Storage::Cuda(storage), (n, k), BackpropOp::none(), false))
@@ -254,14 +276,14 @@ pub fn dequantize_16bit(w: &QTensor, dtype: DType) -> Result<Tensor> {
 fn launch_dequantize<T: CudaDType + DeviceRepr>(
     w: &QTensor,
     dev: &candle_core::CudaDevice,
-    format: &str,
+    format: &DequantFormat,
     suffix: &str,
 ) -> candle_core::Result<CudaStorage> {
-    let num_superblocks = (w.shape().elem_count() / 256) as u64;
-    // SAFETY: the kernel writes all 256 outputs of every super-block.
+    let num_blocks = (w.shape().elem_count() / format.block_weights) as u64;
+    // SAFETY: the kernel writes every output of every block.
     let out = unsafe { dev.alloc::<T>(w.shape().elem_count())? };
-    let func = MODULE.function_on(dev, &format!("dequant_{format}_{suffix}"))?;
-    let threads = num_superblocks * 8;
+    let func = MODULE.function_on(dev, &format!("dequant_{}_{suffix}", format.name))?;
+    let threads = num_blocks * format.block_threads;
     let cfg = LaunchConfig {
         grid_dim: (threads.div_ceil(DEQUANT_THREADS as u64) as u32, 1, 1),
         block_dim: (DEQUANT_THREADS, 1, 1),
@@ -269,9 +291,9 @@ fn launch_dequantize<T: CudaDType + DeviceRepr>(
     };
     let weights = w.device_ptr()? as u64;
     let mut b = func.builder();
-    b.arg(&weights).arg(&out).arg(&num_superblocks);
-    // SAFETY: argument order and types match `dequant_*`; the weight pointer holds
-    // num_superblocks blocks of the format, out as many times 256 elements.
+    b.arg(&weights).arg(&out).arg(&num_blocks);
+    // SAFETY: argument order and types match `dequant_*`; the weight pointer holds num_blocks
+    // blocks of the format, out as many times its block's weights.
     unsafe { b.launch(cfg) }.w()?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
 }

@@ -25,21 +25,21 @@ fn nvrtc_compiles_the_matvec_source() {
             }
         }
     }
-    for format in ["q4k", "q6k"] {
+    for format in ["q4k", "q6k", "q8_0", "q5_0"] {
         for suffix in ["bf16", "f16"] {
             assert!(ptx.contains(&format!(".entry dequant_{format}_{suffix}(")), "PTX lacks dequant_{format}_{suffix}");
         }
     }
 }
 
-/// Every Q4_K/Q6_K weight dequantized to BF16/F16 equals candle's F32 dequantization rounded
-/// once (within one rounding of the output type, elementwise).
+/// Every Q4_K/Q6_K/Q8_0/Q5_0 weight dequantized to BF16/F16 equals candle's F32 dequantization
+/// rounded once (within one rounding of the output type, elementwise).
 #[test]
 fn dequantize_16bit_rounds_the_f32_dequantization() {
     let Some(device) = gpu() else { return };
     for (n, k) in [(3, 256), (37, 1024), (130, 2304)] {
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
-        for format in [GgmlDType::Q4K, GgmlDType::Q6K] {
+        for format in [GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::Q8_0, GgmlDType::Q5_0] {
             let q = QTensor::quantize_onto(&w, format, &device).unwrap();
             let want: Vec<f32> = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
             for (dtype, ulp) in [(DType::BF16, 2f32.powi(-8)), (DType::F16, 2f32.powi(-11))] {

@@ -62,6 +62,45 @@ __device__ void dequant_q6k(const unsigned char* __restrict__ w, T* __restrict__
     }
 }
 
+// Q8_0 (34 B / 32 weights: f16 d, i8 qs[32]) and Q5_0 (22 B / 32: f16 d, u32 qh (bit j = the
+// fifth bit of weight j), u8 qs[16]: weight j < 16 low nibble of qs[j], j >= 16 high nibble of
+// qs[j - 16]; value - 16): one thread per 32-weight block, both 2-byte aligned.
+template <typename T>
+__device__ void dequant_q8_0(const unsigned char* __restrict__ w, T* __restrict__ out, unsigned long long num_blocks) {
+    const unsigned long long b = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= num_blocks) return;
+    const unsigned char* blk = w + b * 34;
+    const float d = h2f(ld16(blk));
+    for (int part = 0; part < 4; ++part) {
+        float v[8];
+        for (int i = 0; i < 4; ++i) {
+            const unsigned int pair = ld16(blk + 2 + 8 * part + 2 * i);
+            v[2 * i] = d * (float)(signed char)(pair & 0xFF);
+            v[2 * i + 1] = d * (float)(signed char)(pair >> 8);
+        }
+        store8<T>(out + b * 32 + 8 * part, v);
+    }
+}
+
+template <typename T>
+__device__ void dequant_q5_0(const unsigned char* __restrict__ w, T* __restrict__ out, unsigned long long num_blocks) {
+    const unsigned long long b = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= num_blocks) return;
+    const unsigned char* blk = w + b * 22;
+    const float d = h2f(ld16(blk));
+    const unsigned int qh = ld32_a2(blk + 2);
+    for (int part = 0; part < 4; ++part) {
+        float v[8];
+        for (int i = 0; i < 8; ++i) {
+            const unsigned int j = 8 * part + i;  // weight 0..31
+            const unsigned int byte = blk[6 + (j % 16)];
+            const unsigned int low = j < 16 ? (byte & 0xF) : (byte >> 4);
+            v[i] = d * (float)((int)(low | (((qh >> j) & 1u) << 4)) - 16);
+        }
+        store8<T>(out + b * 32 + 8 * part, v);
+    }
+}
+
 #define DEQUANT_KERNEL(FMT, SUFFIX, T)                                                                  \
     extern "C" __global__ void dequant_##FMT##_##SUFFIX(const unsigned char* w, T* out,                 \
                                                         unsigned long long num_superblocks) {           \
@@ -71,3 +110,7 @@ DEQUANT_KERNEL(q4k, bf16, bf16)
 DEQUANT_KERNEL(q4k, f16, f16)
 DEQUANT_KERNEL(q6k, bf16, bf16)
 DEQUANT_KERNEL(q6k, f16, f16)
+DEQUANT_KERNEL(q8_0, bf16, bf16)
+DEQUANT_KERNEL(q8_0, f16, f16)
+DEQUANT_KERNEL(q5_0, bf16, bf16)
+DEQUANT_KERNEL(q5_0, f16, f16)

@@ -24,6 +24,7 @@ use crate::Result;
 pub const CUDA_SOURCE: &str = concat!(
     include_str!("../dtypes.cuh"),
     include_str!("../activation.cuh"),
+    include_str!("../ggml_blocks.cuh"),
     include_str!("matvec.cu"),
     include_str!("matvec_int8.cu"),
     include_str!("dequant.cu")
@@ -132,15 +133,15 @@ pub fn quant_matvec(w: &QTensor, x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Whether [`dequantize_16bit`] converts `w` to `dtype`: Q4_K/Q6_K `[n, k]` weights on a GPU
-/// (k a multiple of 256), BF16 or F16.
+/// Whether [`dequantize_16bit`] converts `w` to `dtype`: Q4_K/Q6_K/Q8_0/Q5_0 `[n, k]` weights on
+/// a GPU (k whole blocks), BF16 or F16.
 pub fn dequantize_supported(w: &QTensor, dtype: DType) -> bool {
     let Ok((_, k)) = w.shape().dims2() else { return false };
-    cfg!(feature = "cuda")
-        && w.device().is_cuda()
-        && matches!(w.dtype(), GgmlDType::Q4K | GgmlDType::Q6K)
-        && matches!(dtype, DType::BF16 | DType::F16)
-        && k % 256 == 0
+    #[cfg(feature = "cuda")]
+    let block = cuda::dequant_block_weights(w.dtype());
+    #[cfg(not(feature = "cuda"))]
+    let block: Option<usize> = None;
+    w.device().is_cuda() && matches!(dtype, DType::BF16 | DType::F16) && block.is_some_and(|b| k % b == 0)
 }
 
 /// `w` (`[n, k]`) dequantized to `dtype` on its GPU: every weight computed in F32 as ggml

@@ -1,0 +1,28 @@
+// Reading ggml's quantized blocks, shared by the matvec and the tensor-core matmul kernels
+// (prepended after dtypes.cuh). Block layouts are described at the top of quant_matvec/matvec.cu.
+
+__device__ __forceinline__ unsigned short ld16(const unsigned char* p) { return *(const unsigned short*)p; }
+// Four bytes from a 2-byte aligned address.
+__device__ __forceinline__ unsigned int ld32_a2(const unsigned char* p) {
+    return (unsigned int)ld16(p) | ((unsigned int)ld16(p + 2) << 16);
+}
+
+// Scale and min (6 bits each) of group g (0..7) from the 12 packed bytes (head.y, .z, .w),
+// with word selects and shifts only (no byte indexing of registers, which spills to local memory).
+__device__ __forceinline__ void q4k_scale_min(const uint4& head, unsigned int g, unsigned int* scale, unsigned int* min) {
+    const unsigned int shift = 8 * (g & 3);
+    const unsigned int y = (head.y >> shift) & 0xFF, z = (head.z >> shift) & 0xFF, w = (head.w >> shift) & 0xFF;
+    if (g < 4) {
+        *scale = y & 63;
+        *min = z & 63;
+    } else {
+        *scale = (w & 0xF) | ((y >> 6) << 4);
+        *min = (w >> 4) | ((z >> 6) << 4);
+    }
+}
+
+// Bytes in 0..63 minus 32, as int8, four at once: setting bit 7 first keeps the subtraction
+// from borrowing across bytes; clearing it again yields the two's complement byte.
+__device__ __forceinline__ unsigned int minus32_bytes(unsigned int q) {
+    return ((q | 0x80808080u) - 0x20202020u) ^ 0x80808080u;
+}

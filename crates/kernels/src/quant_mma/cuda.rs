@@ -1,0 +1,136 @@
+//! Launches `mma.cu`: the activation quantizer into a transient buffer, then the tensor-core
+//! product, as a custom op on the activations whose CUDA body reads the `QTensor`'s blocks by
+//! device pointer.
+
+use std::sync::OnceLock;
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+
+use super::{CUDA_SOURCE, TOKENS_PER_TILE};
+use crate::nvrtc::{contiguous_view, CudaModule};
+use crate::Result;
+
+/// `mma.sync` with int8 operands and `cp.async` need PTX for compute capability 8.0.
+pub static MODULE: CudaModule = CudaModule::for_arch("hearth_quant_mma", "mma.cu", CUDA_SOURCE, "compute_80");
+
+/// Weight rows per thread block (`MMA_ROWS` in mma.cu) and its warps (`MMA_WARPS`: four rows of
+/// 16, each split into two parts).
+const ROWS_PER_BLOCK: u32 = 64;
+const WARPS_PER_BLOCK: u32 = 8;
+
+/// Blocks a launch aims at: small matrices (few row blocks) are cut into slices of super-blocks
+/// until about this many blocks fill the GPU (132 SMs on an H100).
+const TARGET_BLOCKS: usize = 256;
+const MAX_SLICES: usize = 8;
+
+/// Slices of the super-blocks for an `n` x `k` matrix: a function of the matrix alone, never of
+/// the batch, so that a token's result does not depend on the batch around it.
+fn slices_for(n: usize, k: usize) -> usize {
+    let row_blocks = n.div_ceil(ROWS_PER_BLOCK as usize);
+    let mut slices = 1;
+    while slices * 2 <= MAX_SLICES && row_blocks * slices * 2 <= TARGET_BLOCKS && slices * 2 <= k / 256 {
+        slices *= 2;
+    }
+    slices
+}
+
+/// Whether the GPU of `device` has int8 `mma.sync` (compute capability 8.0+). Asked of the first
+/// GPU once per process: hearth drives one GPU model at a time.
+pub fn has_int8_mma(device: &Device) -> bool {
+    static ANSWER: OnceLock<bool> = OnceLock::new();
+    let Device::Cuda(dev) = device else { return false };
+    *ANSWER.get_or_init(|| matches!(dev.cuda_stream().context().compute_capability(), Ok((major, _)) if major >= 8))
+}
+
+struct QuantMma<'a> {
+    w: &'a QTensor,
+}
+
+impl CustomOp1 for QuantMma<'_> {
+    fn name(&self) -> &'static str {
+        "quant-mma"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("quant_mma has only a CUDA body")
+    }
+
+    fn cuda_fwd(&self, x: &CudaStorage, x_l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        match x.dtype() {
+            DType::BF16 => self.launch::<half::bf16>(x, x_l, "bf16"),
+            DType::F16 => self.launch::<half::f16>(x, x_l, "f16"),
+            other => candle_core::bail!("quant_mma: activations must be BF16 or F16, got {other:?}"),
+        }
+    }
+}
+
+impl QuantMma<'_> {
+    fn launch<T: CudaDType + DeviceRepr>(&self, x: &CudaStorage, x_l: &Layout, suffix: &str) -> candle_core::Result<(CudaStorage, Shape)> {
+        let format = match self.w.dtype() {
+            GgmlDType::Q4K => "q4k",
+            GgmlDType::Q6K => "q6k",
+            other => candle_core::bail!("quant_mma: no kernel for {other:?}"),
+        };
+        let (n, k) = self.w.shape().dims2()?;
+        let (rows, x_k) = x_l.shape().dims2()?;
+        if x_k != k || k % 256 != 0 || rows == 0 || n == 0 {
+            candle_core::bail!("quant_mma: weight {n}x{k}, activations {rows}x{x_k}");
+        }
+        // Token tiles of 8 * tiles_of_8 rows; the last one padded with zero rows.
+        let tiles_of_8 = rows.min(TOKENS_PER_TILE).div_ceil(8);
+        let tile = 8 * tiles_of_8;
+        let rows_pad = rows.div_ceil(tile) * tile;
+        let xv = contiguous_view::<T>(x, x_l, "quant_mma: activations")?;
+        let dev = x.device().clone();
+        let weights = self.w.device_ptr()? as u64;
+        // SAFETY (all three): mma_quantize writes every byte of xq and every pair of ds (padding
+        // rows included); the product writes every output element (rows x n).
+        let xq = unsafe { dev.alloc::<u8>(rows_pad * k)? };
+        let ds = unsafe { dev.alloc::<f32>(rows_pad * (k / 32) * 2)? };
+        let out = unsafe { dev.alloc::<T>(rows * n)? };
+        let (rows_u32, k_u32, n_u32, pad_u32) = (rows as u32, k as u32, n as u32, rows_pad as u32);
+
+        let quantize = MODULE.function(x, &format!("mma_quantize_{suffix}"))?;
+        let cfg = LaunchConfig { grid_dim: (k_u32 / 256, pad_u32, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 };
+        let mut b = quantize.builder();
+        b.arg(&xv).arg(&rows_u32).arg(&k_u32).arg(&pad_u32).arg(&xq).arg(&ds);
+        // SAFETY: matches `mma_quantize_*`: x is rows x k; xq rows_pad x k bytes; ds rows_pad x k/32 float2.
+        unsafe { b.launch(cfg) }.w()?;
+
+        let slices = slices_for(n, k);
+        // SAFETY: with several slices every slice writes its rows x n partial products.
+        let partial = unsafe { dev.alloc::<f32>(if slices > 1 { slices * rows * n } else { 1 })? };
+        let product = MODULE.function(x, &format!("mma_{format}_{suffix}_{tiles_of_8}"))?;
+        let cfg = LaunchConfig {
+            grid_dim: (n_u32.div_ceil(ROWS_PER_BLOCK), (rows_pad / tile) as u32, slices as u32),
+            block_dim: (32, WARPS_PER_BLOCK, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = product.builder();
+        b.arg(&weights).arg(&xq).arg(&ds).arg(&out).arg(&partial).arg(&n_u32).arg(&k_u32).arg(&rows_u32).arg(&pad_u32);
+        // SAFETY: matches `mma_{q4k,q6k}_*_NT` with NT = tiles_of_8; the weight pointer covers n
+        // rows of k / 256 blocks (candle's QTensor of shape [n, k]); out is rows x n; partial
+        // is slices x rows x n when slices > 1 (and unused otherwise).
+        unsafe { b.launch(cfg) }.w()?;
+        if slices > 1 {
+            let count = (rows * n) as u32;
+            let reduce = MODULE.function(x, &format!("mma_reduce_{suffix}"))?;
+            let cfg = LaunchConfig { grid_dim: (count.div_ceil(256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            let mut b = reduce.builder();
+            let slices_u32 = slices as u32;
+            b.arg(&partial).arg(&out).arg(&count).arg(&slices_u32);
+            // SAFETY: matches `mma_reduce_*`: partial holds slices x count floats, out count elements.
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((rows, n))))
+    }
+}
+
+pub fn quant_mma(w: &QTensor, x: &Tensor) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    Ok(x.apply_op1_no_bwd(&QuantMma { w })?)
+}

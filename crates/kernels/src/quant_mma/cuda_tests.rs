@@ -1,0 +1,94 @@
+//! Binds the tensor-core kernels to the F32 product of the int8-rounded activations on the GPU
+//! (Q4_K/Q6_K, BF16/F16, one to several token tiles, ragged weight heights), checks that each
+//! token's result does not depend on the batch around it, and that the source compiles with
+//! NVRTC. Without a GPU the device tests print why and pass, unless `HEARTH_REQUIRE_GPU=1`.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use super::*;
+use crate::quant_matvec::{int8_activations_reference, quant_matvec_reference};
+use crate::relative_diff;
+
+#[test]
+fn nvrtc_compiles_the_mma_source() {
+    let ptx = cuda::MODULE.compile().unwrap_or_else(|e| panic!("NVRTC failed: {e:?}")).to_src();
+    for suffix in ["bf16", "f16"] {
+        for kernel in ["quantize", "reduce"] {
+            assert!(ptx.contains(&format!(".entry mma_{kernel}_{suffix}(")), "PTX lacks mma_{kernel}_{suffix}");
+        }
+        for format in ["q4k", "q6k"] {
+            for tiles in 1..=TOKENS_PER_TILE / 8 {
+                let name = format!("mma_{format}_{suffix}_{tiles}");
+                assert!(ptx.contains(&format!(".entry {name}(")), "PTX lacks {name}");
+            }
+        }
+    }
+}
+
+/// Activations with a large outlier in one group and an all-zero group (scales far apart and 0).
+fn activations(rows: usize, k: usize, dtype: DType, device: &Device) -> Tensor {
+    let mut values = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+    values[0][5] = 40.0;
+    values[rows - 1][64..96].fill(0.0);
+    Tensor::new(values, device).unwrap().to_dtype(dtype).unwrap()
+}
+
+#[test]
+fn mma_matches_the_rounded_activation_reference() {
+    let Some(device) = crate::test_gpu() else { return };
+    // (n, k): heights that are not a multiple of the 64-row block; one super-block (one slice),
+    // 3, 16 and 9 super-blocks (2, 8 and 8 slices, the last uneven)
+    for (n, k) in [(130, 256), (100, 768), (64, 4096), (256, 2304)] {
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        for format in [GgmlDType::Q4K, GgmlDType::Q6K] {
+            let q = QTensor::quantize_onto(&w, format, &device).unwrap();
+            for dtype in [DType::BF16, DType::F16] {
+                for rows in [1, 9, 16, 33, 64, 65, 127] {
+                    let x = activations(rows, k, dtype, &device);
+                    assert!(supported(&q, &x));
+                    let fast = quant_mma(&q, &x).unwrap();
+                    let rounded = int8_activations_reference(&x).unwrap();
+                    let slow = quant_matvec_reference(&q, &rounded).unwrap().to_dtype(dtype).unwrap();
+                    assert_eq!(fast.dims(), [rows, n]);
+                    let diff = relative_diff(&fast, &slow);
+                    let tolerance = if dtype == DType::BF16 { 8e-3 } else { 2e-3 };
+                    assert!(diff <= tolerance, "{format:?} {n}x{k} {dtype:?} rows {rows}: relative diff {diff}");
+                }
+            }
+        }
+    }
+}
+
+/// A token's output is bit for bit the same alone, in a tile of another size, and in another
+/// position of a larger batch.
+#[test]
+fn each_token_is_independent_of_its_batch() {
+    let Some(device) = crate::test_gpu() else { return };
+    let (n, k) = (96, 1024);
+    let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+    for format in [GgmlDType::Q4K, GgmlDType::Q6K] {
+        let q = QTensor::quantize_onto(&w, format, &device).unwrap();
+        let x = activations(80, k, DType::BF16, &device);
+        let whole = quant_mma(&q, &x).unwrap();
+        for (start, len) in [(0, 1), (17, 1), (70, 10), (5, 40)] {
+            let part = quant_mma(&q, &x.narrow(0, start, len).unwrap()).unwrap();
+            let same = whole.narrow(0, start, len).unwrap();
+            assert_eq!(relative_diff(&part, &same), 0.0, "{format:?} rows {start}..{}", start + len);
+        }
+    }
+}
+
+#[test]
+fn unsupported_inputs_are_declined() {
+    let Some(device) = crate::test_gpu() else { return };
+    let w = Tensor::randn(0f32, 1.0, (64, 512), &Device::Cpu).unwrap();
+    let q4 = QTensor::quantize_onto(&w, GgmlDType::Q4K, &device).unwrap();
+    let x = |rows: usize, dtype: DType| Tensor::zeros((rows, 512), dtype, &device).unwrap();
+    assert!(supported(&q4, &x(20, DType::BF16)));
+    assert!(!supported(&q4, &x(20, DType::F32)), "F32 activations");
+    let q8 = QTensor::quantize_onto(&w, GgmlDType::Q8_0, &device).unwrap();
+    assert!(!supported(&q8, &x(20, DType::BF16)), "Q8_0 has no kernel");
+    let cpu = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
+    assert!(!supported(&cpu, &Tensor::zeros((20, 512), DType::BF16, &Device::Cpu).unwrap()), "CPU tensors");
+}
