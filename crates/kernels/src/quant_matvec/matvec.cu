@@ -117,41 +117,6 @@ struct Q6KPiece {
     unsigned short d;
 };
 
-// Eight bytes at p as two words: aligned loads when p is 4-byte aligned, else (p is 2 mod 4)
-// three aligned words and two byte permutes instead of four 16-bit loads.
-template <bool ALIGNED4>
-__device__ __forceinline__ void ld64(const unsigned char* p, unsigned int* out) {
-    if (ALIGNED4) {
-        out[0] = *(const unsigned int*)p;
-        out[1] = *(const unsigned int*)(p + 4);
-    } else {
-        const unsigned int* w = (const unsigned int*)(p - 2);
-        const unsigned int a = w[0], b = w[1], c = w[2];
-        out[0] = __byte_perm(a, b, 0x5432);
-        out[1] = __byte_perm(b, c, 0x5432);
-    }
-}
-
-// A 210-byte block starts 4-byte aligned or 2 mod 4 (every other one): 9 or 13 loads per lane.
-template <bool ALIGNED4>
-__device__ __forceinline__ Q6KPiece q6k_load_words(const unsigned char* b, unsigned int n, unsigned int l0) {
-    Q6KPiece p;
-    ld64<ALIGNED4>(b + 64 * n + l0, p.ql_a);
-    ld64<ALIGNED4>(b + 64 * n + 32 + l0, p.ql_b);
-    ld64<ALIGNED4>(b + 128 + 32 * n + l0, p.qh);
-    unsigned int s[2];  // scales[8n .. 8n + 8); this lane's are l0/16 + 2i
-    ld64<ALIGNED4>(b + 192 + 8 * n, s);
-    const unsigned int o = l0 / 16;
-    for (int i = 0; i < 4; ++i) p.scales[i] = (int)(signed char)((s[i / 2] >> (8 * (o + 2 * (i % 2)))) & 0xFFu);
-    p.d = ld16(b + 208);
-    return p;
-}
-
-// Row loops take a warp's super-blocks in passes of one parity, so this branch is warp-uniform.
-__device__ __forceinline__ Q6KPiece q6k_load_fast(const unsigned char* b, unsigned int n, unsigned int l0) {
-    return ((unsigned long long)b & 3) == 0 ? q6k_load_words<true>(b, n, l0) : q6k_load_words<false>(b, n, l0);
-}
-
 __device__ __forceinline__ Q6KPiece q6k_load(const unsigned char* b, unsigned int n, unsigned int l0) {
     Q6KPiece p;
     for (int h = 0; h < 2; ++h) {
@@ -214,11 +179,8 @@ __device__ void matvec_q6k(const unsigned char* __restrict__ w, const T* __restr
     const unsigned int n = t / 4, l0 = (t % 4) * 8;
     float acc[NCOLS];
     for (int c = 0; c < NCOLS; ++c) acc[c] = 0.0f;
-    for (unsigned int base = 0; base < nsb; base += 8)
-        for (unsigned int parity = 0; parity < 2; ++parity) {
-            const unsigned int sb = base + 2 * (lane / 8) + parity;
-            if (sb < nsb) q6k_accumulate<T, NCOLS>(q6k_load_fast(row_w + sb * 210, n, l0), sb, n, l0, x, ncols, acc);
-        }
+    for (unsigned int sb = lane / 8; sb < nsb; sb += 4)
+        q6k_accumulate<T, NCOLS>(q6k_load(row_w + sb * 210, n, l0), sb, n, l0, x, ncols, acc);
     finish<T, NCOLS>(acc, y, row, nrows);
 }
 

@@ -103,11 +103,8 @@ __device__ void q8x_q6k_row(const unsigned char* __restrict__ w, unsigned int ro
     const unsigned char* row_w = w + (unsigned long long)row * nsb * 210;
     const unsigned int lane = threadIdx.x, t = lane % 8;
     const unsigned int n = t / 4, l0 = (t % 4) * 8;
-    for (unsigned int base = 0; base < nsb; base += 8)
-    for (unsigned int parity = 0; parity < 2; ++parity) {
-        const unsigned int sb = base + 2 * (lane / 8) + parity;
-        if (sb >= nsb) continue;
-        const Q6KPiece p = q6k_load_fast(row_w + sb * 210, n, l0);
+    for (unsigned int sb = lane / 8; sb < nsb; sb += 4) {
+        const Q6KPiece p = q6k_load(row_w + sb * 210, n, l0);
         // int8 weights (6-bit value - 32) of the four 8-weight quarters, 32 apart
         unsigned int q[4][2];
         q6k_values(p, q);
