@@ -116,7 +116,8 @@ fn tensor_bytes(t: &Tensor) -> u64 {
 /// Quantized products of at least this many activation rows on a GPU (prompt chunks, large
 /// batches) dequantize the weight to F16 and run one tensor-core GEMM instead of candle's MMQ
 /// kernels. H100, 8B Q4_K_M (crates/kernels/PERF.md): pp512 6,673 -> 9,834 tok/s, pp4096
-/// 4,254 -> 5,912; at 64 rows and below MMQ is faster (tg128 at batch 64: 3,596 vs 2,271).
+/// 4,254 -> 5,912; at 64 rows and below MMQ was faster (tg128 at batch 64: 3,596 vs 2,271), and
+/// `quant_mma` is faster still (5,549).
 /// `HEARTH_DEQUANT_GEMM_ROWS=N` changes the threshold; 0 turns the path off.
 const DEQUANT_GEMM_MIN_ROWS: usize = 128;
 
@@ -128,11 +129,11 @@ fn dequantized_gemm_min_rows() -> Option<usize> {
     })
 }
 
-/// `HEARTH_INT8_MMA=0` sends the products of 9 rows up to the GEMM threshold back to candle's
+/// `HEARTH_QUANT_MMA=0` sends the products of 9 rows up to the GEMM threshold back to candle's
 /// MMQ kernels instead of `quant_mma` (for comparisons).
-fn int8_mma_enabled() -> bool {
+fn quant_mma_enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var("HEARTH_INT8_MMA").map_or(true, |v| v.trim() != "0"))
+    *ENABLED.get_or_init(|| std::env::var("HEARTH_QUANT_MMA").map_or(true, |v| v.trim() != "0"))
 }
 
 /// `x Wᵀ` with `W` dequantized for this call (`[n, k]`, a transient buffer): one cuBLAS GEMM on
@@ -166,8 +167,8 @@ fn candle_matmul(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
                     return dequantized_gemm(q, &x);
                 }
             }
-            // Batched generation steps (9 rows up to the GEMM threshold): int8 tensor cores.
-            if int8_mma_enabled() && quant_mma::supported(q, &x) {
+            // Batched generation steps (9 rows up to the GEMM threshold): tensor cores on the quantized blocks.
+            if quant_mma_enabled() && quant_mma::supported(q, &x) {
                 return Ok(quant_mma::quant_mma(q, &x)?);
             }
             let direct = matches!(

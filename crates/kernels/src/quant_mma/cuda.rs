@@ -1,6 +1,5 @@
-//! Launches `mma.cu`: the activation quantizer into a transient buffer, then the tensor-core
-//! product, as a custom op on the activations whose CUDA body reads the `QTensor`'s blocks by
-//! device pointer.
+//! Launches `mma.cu`: the tensor-core product (and, for sliced matrices, the sum of the slices) as
+//! a custom op on the activations whose CUDA body reads the `QTensor`'s blocks by device pointer.
 
 use std::sync::OnceLock;
 
@@ -14,7 +13,7 @@ use super::{CUDA_SOURCE, TOKENS_PER_TILE};
 use crate::nvrtc::{contiguous_view, CudaModule};
 use crate::Result;
 
-/// `mma.sync` with int8 operands and `cp.async` need PTX for compute capability 8.0.
+/// `mma.sync` with BF16 operands, `fma.rn.bf16x2` and `cp.async` need PTX for compute capability 8.0.
 pub static MODULE: CudaModule = CudaModule::for_arch("hearth_quant_mma", "mma.cu", CUDA_SOURCE, "compute_80");
 
 /// Weight rows per thread block (`MMA_ROWS` in mma.cu) and its warps (`MMA_WARPS`: four rows of
@@ -23,7 +22,7 @@ const ROWS_PER_BLOCK: u32 = 64;
 const WARPS_PER_BLOCK: u32 = 8;
 
 /// Blocks a launch aims at: small matrices (few row blocks) are cut into slices of super-blocks
-/// until about this many blocks fill the GPU (132 SMs on an H100).
+/// until about this many blocks fill the GPU (132 SMs on an H100, two blocks each).
 const TARGET_BLOCKS: usize = 256;
 const MAX_SLICES: usize = 8;
 
@@ -38,9 +37,9 @@ fn slices_for(n: usize, k: usize) -> usize {
     slices
 }
 
-/// Whether the GPU of `device` has int8 `mma.sync` (compute capability 8.0+). Asked of the first
+/// Whether the GPU of `device` has BF16 `mma.sync` (compute capability 8.0+). Asked of the first
 /// GPU once per process: hearth drives one GPU model at a time.
-pub fn has_int8_mma(device: &Device) -> bool {
+pub fn has_bf16_mma(device: &Device) -> bool {
     static ANSWER: OnceLock<bool> = OnceLock::new();
     let Device::Cuda(dev) = device else { return false };
     *ANSWER.get_or_init(|| matches!(dev.cuda_stream().context().compute_capability(), Ok((major, _)) if major >= 8))
@@ -80,40 +79,28 @@ impl QuantMma<'_> {
         if x_k != k || k % 256 != 0 || rows == 0 || n == 0 {
             candle_core::bail!("quant_mma: weight {n}x{k}, activations {rows}x{x_k}");
         }
-        // Token tiles of 8 * tiles_of_8 rows; the last one padded with zero rows.
+        // Token tiles of 8 * tiles_of_8 rows (the last one padded with zeros in shared memory).
         let tiles_of_8 = rows.min(TOKENS_PER_TILE).div_ceil(8);
-        let tile = 8 * tiles_of_8;
-        let rows_pad = rows.div_ceil(tile) * tile;
+        let tiles = rows.div_ceil(8 * tiles_of_8);
         let xv = contiguous_view::<T>(x, x_l, "quant_mma: activations")?;
         let dev = x.device().clone();
         let weights = self.w.device_ptr()? as u64;
-        // SAFETY (all three): mma_quantize writes every byte of xq and every pair of ds (padding
-        // rows included); the product writes every output element (rows x n).
-        let xq = unsafe { dev.alloc::<u8>(rows_pad * k)? };
-        let ds = unsafe { dev.alloc::<f32>(rows_pad * (k / 32) * 2)? };
+        // SAFETY: the product writes every output element (rows x n).
         let out = unsafe { dev.alloc::<T>(rows * n)? };
-        let (rows_u32, k_u32, n_u32, pad_u32) = (rows as u32, k as u32, n as u32, rows_pad as u32);
-
-        let quantize = MODULE.function(x, &format!("mma_quantize_{suffix}"))?;
-        let cfg = LaunchConfig { grid_dim: (k_u32 / 256, pad_u32, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 };
-        let mut b = quantize.builder();
-        b.arg(&xv).arg(&rows_u32).arg(&k_u32).arg(&pad_u32).arg(&xq).arg(&ds);
-        // SAFETY: matches `mma_quantize_*`: x is rows x k; xq rows_pad x k bytes; ds rows_pad x k/32 float2.
-        unsafe { b.launch(cfg) }.w()?;
-
+        let (rows_u32, k_u32, n_u32) = (rows as u32, k as u32, n as u32);
         let slices = slices_for(n, k);
         // SAFETY: with several slices every slice writes its rows x n partial products.
         let partial = unsafe { dev.alloc::<f32>(if slices > 1 { slices * rows * n } else { 1 })? };
         let product = MODULE.function(x, &format!("mma_{format}_{suffix}_{tiles_of_8}"))?;
         let cfg = LaunchConfig {
-            grid_dim: (n_u32.div_ceil(ROWS_PER_BLOCK), (rows_pad / tile) as u32, slices as u32),
+            grid_dim: (tiles as u32, n_u32.div_ceil(ROWS_PER_BLOCK), slices as u32),
             block_dim: (32, WARPS_PER_BLOCK, 1),
             shared_mem_bytes: 0,
         };
         let mut b = product.builder();
-        b.arg(&weights).arg(&xq).arg(&ds).arg(&out).arg(&partial).arg(&n_u32).arg(&k_u32).arg(&rows_u32).arg(&pad_u32);
+        b.arg(&weights).arg(&xv).arg(&out).arg(&partial).arg(&n_u32).arg(&k_u32).arg(&rows_u32);
         // SAFETY: matches `mma_{q4k,q6k}_*_NT` with NT = tiles_of_8; the weight pointer covers n
-        // rows of k / 256 blocks (candle's QTensor of shape [n, k]); out is rows x n; partial
+        // rows of k / 256 blocks (candle's QTensor of shape [n, k]); xv is rows x k; out is rows x n; partial
         // is slices x rows x n when slices > 1 (and unused otherwise).
         unsafe { b.launch(cfg) }.w()?;
         if slices > 1 {

@@ -1,5 +1,5 @@
-//! Binds the tensor-core kernels to the F32 product of the int8-rounded activations on the GPU
-//! (Q4_K/Q6_K, BF16/F16, one to several token tiles, ragged weight heights), checks that each
+//! Binds the tensor-core kernels to the F32 product of the dequantized weights on the GPU
+//! (Q4_K/Q6_K, BF16/F16, one to several token tiles, ragged weight heights, one or more slices), checks that each
 //! token's result does not depend on the batch around it, and that the source compiles with
 //! NVRTC. Without a GPU the device tests print why and pass, unless `HEARTH_REQUIRE_GPU=1`.
 
@@ -7,16 +7,14 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use super::*;
-use crate::quant_matvec::{int8_activations_reference, quant_matvec_reference};
+use crate::quant_matvec::quant_matvec_reference;
 use crate::relative_diff;
 
 #[test]
 fn nvrtc_compiles_the_mma_source() {
     let ptx = cuda::MODULE.compile().unwrap_or_else(|e| panic!("NVRTC failed: {e:?}")).to_src();
     for suffix in ["bf16", "f16"] {
-        for kernel in ["quantize", "reduce"] {
-            assert!(ptx.contains(&format!(".entry mma_{kernel}_{suffix}(")), "PTX lacks mma_{kernel}_{suffix}");
-        }
+        assert!(ptx.contains(&format!(".entry mma_reduce_{suffix}(")), "PTX lacks mma_reduce_{suffix}");
         for format in ["q4k", "q6k"] {
             for tiles in 1..=TOKENS_PER_TILE / 8 {
                 let name = format!("mma_{format}_{suffix}_{tiles}");
@@ -35,7 +33,7 @@ fn activations(rows: usize, k: usize, dtype: DType, device: &Device) -> Tensor {
 }
 
 #[test]
-fn mma_matches_the_rounded_activation_reference() {
+fn mma_matches_the_f32_reference() {
     let Some(device) = crate::test_gpu() else { return };
     // (n, k): heights that are not a multiple of the 64-row block; one super-block (one slice),
     // 3, 16 and 9 super-blocks (2, 8 and 8 slices, the last uneven)
@@ -48,11 +46,13 @@ fn mma_matches_the_rounded_activation_reference() {
                     let x = activations(rows, k, dtype, &device);
                     assert!(supported(&q, &x));
                     let fast = quant_mma(&q, &x).unwrap();
-                    let rounded = int8_activations_reference(&x).unwrap();
-                    let slow = quant_matvec_reference(&q, &rounded).unwrap().to_dtype(dtype).unwrap();
+                    let slow = quant_matvec_reference(&q, &x).unwrap();
                     assert_eq!(fast.dims(), [rows, n]);
                     let diff = relative_diff(&fast, &slow);
-                    let tolerance = if dtype == DType::BF16 { 8e-3 } else { 2e-3 };
+                    // Each weight is rounded to the type once, but from a scale and a min that were
+                    // rounded first (2^-9 in BF16): an error shared by a group's 32 weights, which
+                    // the outlier above multiplies; 1.03 % of the largest output was seen in BF16.
+                    let tolerance = if dtype == DType::BF16 { 2e-2 } else { 2e-3 };
                     assert!(diff <= tolerance, "{format:?} {n}x{k} {dtype:?} rows {rows}: relative diff {diff}");
                 }
             }

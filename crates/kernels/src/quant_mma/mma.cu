@@ -1,114 +1,128 @@
 // Q4_K / Q6_K weights times a batch of activation rows (a generation step of 9..=127 sequences)
-// on int8 tensor cores (mma.sync, sm_80+). y[c][row] = sum_k W[row][k] * x[c][k]; x and y BF16 or
-// F16, F32 accumulation.
+// on BF16/F16 tensor cores (mma.sync m16n8k16, sm_80+). y[c][row] = sum_k W[row][k] * x[c][k]; x
+// and y BF16 or F16, F32 accumulation in the mma's own registers.
 //
-// Two launches:
-// 1. `mma_quantize_*` rounds the activations to int8 per 32 consecutive values, exactly as the
-//    matvec kernels' quantize_rows does (d = max|x| / 127, q = round_half_even(x / d), s = d * sum(q)),
-//    into xq [rows_pad][k] and ds [k / 32][rows_pad] (group-major, so one super-block's scales of a
-//    token tile are one contiguous run). Padding rows are zero.
-// 2. `mma_{q4k,q6k}_*_NT` multiplies: a block takes 64 weight rows (four row warps of 16, each
-//    doubled into MMA_PARTS warps that split every super-block between them), one tile of 8 * NT
-//    tokens and one slice of the super-blocks (grid.z; small matrices are sliced so the grid fills
-//    the GPU, and `mma_reduce_*` adds the slices' F32 partial products in order). Per 256-value
-//    super-block the tile's quantized activations are copied to shared memory with cp.async and
-//    each warp's weights are loaded into registers, both one super-block ahead of the products;
-//    for every 32-value group (Q4_K) or 16-value sub-block (Q6_K) and every 8-token column tile a
-//    warp issues one integer mma. The integer dot products are then scaled in F32:
-//      Q4_K: acc += d * scale_g * d_x * dot - dmin * min_g * s_x
-//      Q6_K: acc += d * scale_s * d_x * dot
-//    which is the int8 matvec's arithmetic, so both bind to the same rounded-activation reference.
+// A block takes 64 weight rows (four row warps of 16, each doubled into two warps that split every
+// half super-block between them), one tile of 8 * NT tokens (NT <= 8) and one slice of the
+// super-blocks (grid.z: small matrices are sliced so the grid fills the GPU, and `mma_reduce_*`
+// adds the slices' F32 partial products in slice order). Token tiles are the fastest grid
+// dimension, so the blocks that read the same weights run side by side and share them through L2.
 //
-// Fragments (PTX ISA, mma.m16n8k32 / m16n8k16 with .s8): lane = 4 * gid + tig. A (16 weight rows x
-// K): a0 row gid, a1 row gid + 8 (k16: two registers; k32: a2/a3 the same rows, second half of K);
-// B (K x 8 tokens): column gid; C: rows gid / gid + 8, columns 2 tig, 2 tig + 1. Within a register
-// the four bytes are four consecutive k of the first (or second) half at 4 * tig. Which real weight
-// index sits at which k does not matter to a dot product as long as A and B agree, so each lane
-// takes the 8 (k32) or 4 (k16) real values that are contiguous in the block's bytes.
+// Per stage of 128 values (half a super-block) the tile's activations are copied to shared memory
+// with cp.async and each warp's weight bytes are loaded into registers, both one stage ahead of the
+// products. A warp's share of a stage is one unit: Q4_K group pair j, or Q6_K 64-value run
+// i = 2h + lh (four per super-block, two per stage).
+// The weights become the mma's A fragments in the activations' type: a 6-bit or 4-bit value v goes
+// into the mantissa of 128 (BF16) or 1024 (F16) by one byte permute, the bias is subtracted
+// exactly, and one packed FMA applies the group's scale (and Q4_K's min): w = v * (d * scale) -
+// dmin * min, rounded once, with d * scale and dmin * min rounded to the type first (relative
+// error 2^-9 in BF16, as the weights of the BF16 prompt GEMM have).
+//
+// Fragments (PTX ISA, mma.m16n8k16 with 16-bit operands): lane = 4 * gid + tig. A (16 weight rows x
+// 16 k): a0 row gid, a1 row gid + 8 at k 2tig, 2tig + 1; a2, a3 the same rows at k 2tig + 8, + 9.
+// B (16 k x 8 tokens): b0 at k 2tig, 2tig + 1, b1 at 2tig + 8, + 9, column gid. C: rows gid / gid + 8,
+// columns 2tig, 2tig + 1. A dot product does not care which real weight sits at which k as long as
+// A and B agree: lane tig takes the real values 4tig .. 4tig + 3 of each 16 (a0/b0 the first two,
+// a2/b1 the last two), which are 4 consecutive bytes of a block and 8 consecutive bytes of a token.
 
 #define MMA_ROW_WARPS 4  // warps of 16 weight rows: 64 rows per block
-#define MMA_PARTS 2      // warps per 16 rows, each taking its share of every super-block
+#define MMA_PARTS 2      // warps per 16 rows: one unit of each stage each
 #define MMA_WARPS (MMA_ROW_WARPS * MMA_PARTS)
 #define MMA_ROWS (16 * MMA_ROW_WARPS)
-// A super-block is four units (Q4_K: group pairs j; Q6_K: 64-value runs i = 2h + lh); a warp
-// takes UNITS of them.
-#define UNITS (4 / MMA_PARTS)
-// Shared-memory row strides of the token tile (256 int8 values plus padding) chosen so that the
-// fragment loads of the 8 tokens of a column tile hit distinct banks: 72 words (8-byte loads of
-// Q4_K) and 68 words (4-byte loads of Q6_K).
-#define Q4K_STRIDE 288
-#define Q6K_STRIDE 272
+// Shared-memory row stride of a token in a stage (128 values, 256 bytes, plus padding): 72 words,
+// so the 8-byte fragment loads of 8 tokens x 4 lanes hit distinct banks.
+#define TOKEN_STRIDE 288
 
-// ---- activations -----------------------------------------------------------------------------
+// ---- the two 16-bit types --------------------------------------------------------------------
 
-// grid (k / 256, rows_pad), 32 threads: each thread quantizes 8 consecutive values of one row.
-template <typename T>
-__device__ void mma_quantize(const T* __restrict__ x, unsigned int rows, unsigned int k, unsigned int rows_pad,
-                             unsigned char* __restrict__ xq, float2* __restrict__ ds) {
-    const unsigned int row = blockIdx.y, col = blockIdx.x * 256 + threadIdx.x * 8;
-    float v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    if (row < rows) unpack8<T>(*(const uint4*)(x + (unsigned long long)row * k + col), v);
-    float amax = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(v[i]));
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-    const float d = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-    int q[8], sum = 0;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        q[i] = __float2int_rn(v[i] * inv);
-        sum += q[i];
+// Per type: the exponent byte that makes 0x??bb the value BIAS + b (b < 128), packed pairs, the mma.
+template <typename T> struct Mma;
+template <> struct Mma<bf16> {
+    static constexpr unsigned int MAGIC = 0x43u;  // 0x43bb = 128 + b
+    static constexpr float BIAS = 128.0f;
+    static __device__ __forceinline__ unsigned int fma2(unsigned int a, unsigned int b, unsigned int c) {
+        unsigned int d;
+        asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+        return d;
     }
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    uint2 packed;
-    packed.x = (q[0] & 0xFF) | ((q[1] & 0xFF) << 8) | ((q[2] & 0xFF) << 16) | ((unsigned int)(q[3] & 0xFF) << 24);
-    packed.y = (q[4] & 0xFF) | ((q[5] & 0xFF) << 8) | ((q[6] & 0xFF) << 16) | ((unsigned int)(q[7] & 0xFF) << 24);
-    *(uint2*)(xq + (unsigned long long)row * k + col) = packed;
-    if (threadIdx.x % 4 == 0) ds[(unsigned long long)(col / 32) * rows_pad + row] = make_float2(d, d * (float)sum);
+    static __device__ __forceinline__ void mma(float c[4], const unsigned int a[4], unsigned int b0, unsigned int b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+template <> struct Mma<f16> {
+    static constexpr unsigned int MAGIC = 0x64u;  // 0x64bb = 1024 + b
+    static constexpr float BIAS = 1024.0f;
+    static __device__ __forceinline__ unsigned int fma2(unsigned int a, unsigned int b, unsigned int c) {
+        unsigned int d;
+        asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+        return d;
+    }
+    static __device__ __forceinline__ void mma(float c[4], const unsigned int a[4], unsigned int b0, unsigned int b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+
+// x rounded to T (nearest even), in both halves of a word: one conversion instruction.
+template <typename T> __device__ __forceinline__ unsigned int splat(float x);
+template <> __device__ __forceinline__ unsigned int splat<bf16>(float x) {
+    unsigned int d;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %1;" : "=r"(d) : "f"(x));
+    return d;
+}
+template <> __device__ __forceinline__ unsigned int splat<f16>(float x) {
+    unsigned int d;
+    asm("cvt.rn.f16x2.f32 %0, %1, %1;" : "=r"(d) : "f"(x));
+    return d;
 }
 
-// ---- tensor-core helpers ---------------------------------------------------------------------
-
-__device__ __forceinline__ void mma_k32(int c[4], const unsigned int a[4], unsigned int b0, unsigned int b1) {
-    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+// Four small unsigned values (bytes of q, each < 128) as two packed pairs of T holding exactly
+// value - offset: bytes 0, 1 in *lo and 2, 3 in *hi. `unbias` = splat(-(BIAS + offset)), exact.
+template <typename T>
+__device__ __forceinline__ void bytes_to_pairs(unsigned int q, unsigned int unbias, unsigned int* lo, unsigned int* hi) {
+    const unsigned int one = splat<T>(1.0f);
+    *lo = Mma<T>::fma2(__byte_perm(q, Mma<T>::MAGIC, 0x4140), one, unbias);
+    *hi = Mma<T>::fma2(__byte_perm(q, Mma<T>::MAGIC, 0x4342), one, unbias);
 }
 
-__device__ __forceinline__ void mma_k16(int c[4], unsigned int a0, unsigned int a1, unsigned int b) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
-                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-                 : "r"(a0), "r"(a1), "r"(b));
-}
+// ---- async copies ----------------------------------------------------------------------------
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* global) {
+__device__ __forceinline__ void cp_async16(void* smem, const void* global, bool valid) {
     const unsigned int s = (unsigned int)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(global));
+    // src-size 0 writes 16 zero bytes and reads nothing (tokens past the batch)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(global), "r"(valid ? 16 : 0));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 __device__ __forceinline__ void cp_async_wait_one() { asm volatile("cp.async.wait_group 1;"); }
 
-// Copies super-block sb of the token tile (NTOK tokens from tok0) into shared memory: the int8
-// values (row stride STRIDE) and the eight groups' (d, s) pairs, group-major ([8][NTOK]).
-template <int NTOK, int STRIDE>
-__device__ __forceinline__ void stage_tokens(unsigned char* xs, float2* dss, const unsigned char* xq, const float2* ds,
-                                             unsigned int sb, unsigned int k, unsigned int rows_pad, unsigned int tok0) {
+// Copies stage st (values 128 st .. + 128) of the token tile (NTOK tokens from tok0; zeros past
+// `rows`) into xs.
+template <typename T, int NTOK>
+__device__ __forceinline__ void stage_tokens(unsigned char* xs, const T* x, unsigned int st, unsigned int k,
+                                             unsigned int rows, unsigned int tok0) {
     const unsigned int tid = threadIdx.y * 32 + threadIdx.x;
+#pragma unroll
     for (unsigned int i = tid; i < NTOK * 16; i += 32 * MMA_WARPS) {
-        const unsigned int n = i / 16, chunk = i % 16;
-        cp_async16(xs + n * STRIDE + chunk * 16, xq + (unsigned long long)(tok0 + n) * k + sb * 256 + chunk * 16);
-    }
-    for (unsigned int i = tid; i < 8 * NTOK / 2; i += 32 * MMA_WARPS) {
-        const unsigned int g = i / (NTOK / 2), pair = i % (NTOK / 2);
-        cp_async16(dss + g * NTOK + 2 * pair, ds + (unsigned long long)(sb * 8 + g) * rows_pad + tok0 + 2 * pair);
+        const unsigned int n = i / 16, chunk = i % 16, tok = tok0 + n;
+        const bool valid = tok < rows;
+        const T* src = valid ? x + (unsigned long long)tok * k + st * 128 + chunk * 8 : x;
+        cp_async16(xs + n * TOKEN_STRIDE + chunk * 16, src, valid);
     }
 }
 
+// The 8 bytes of token t * 8 + gid at values 16 * c16 + 4 tig .. + 3 of the stage: B fragment.
+template <int NT>
+__device__ __forceinline__ uint2 b_fragment(const unsigned char* xs, int t, unsigned int c16) {
+    const unsigned int gid = threadIdx.x / 4, tig = threadIdx.x % 4;
+    return *(const uint2*)(xs + (t * 8 + gid) * TOKEN_STRIDE + (16 * c16 + 4 * tig) * 2);
+}
+
 // The lane's results: rows gid, gid + 8 of the warp's 16, tokens 2 tig, 2 tig + 1 of each tile.
-template <typename T, int NT>
-__device__ __forceinline__ void store_tile(const float acc[NT][4], T* y, unsigned int row0, unsigned int nrows,
+template <typename Out, int NT>
+__device__ __forceinline__ void store_tile(const float acc[NT][4], Out* y, unsigned int row0, unsigned int nrows,
                                            unsigned int tok0, unsigned int rows) {
     const unsigned int tig = threadIdx.x % 4;
 #pragma unroll
@@ -122,47 +136,56 @@ __device__ __forceinline__ void store_tile(const float acc[NT][4], T* y, unsigne
 
 // ---- Q4_K ------------------------------------------------------------------------------------
 
-// A lane's share of one row's super-block: the header and, per group pair j, the 8 bytes at
-// 8 * tig of the pair's 32 (low nibbles: group 2j, high: group 2j + 1).
+// A lane's share of one row's unit (group pair j): the block header and, per half c, the 4 bytes
+// at 16c + 4tig of the pair's 32 (low nibbles: group 2j, high: group 2j + 1).
 struct Q4KLane {
     uint4 head;
-    uint2 qs[UNITS];  // group pairs j = part * UNITS + u
+    unsigned int qs[2];
 };
 
-__device__ __forceinline__ Q4KLane q4k_lane(const unsigned char* b, unsigned int tig, unsigned int part) {
+__device__ __forceinline__ Q4KLane q4k_lane(const unsigned char* b, unsigned int tig, unsigned int j) {
     Q4KLane l;
     l.head = *(const uint4*)b;
 #pragma unroll
-    for (int u = 0; u < UNITS; ++u) l.qs[u] = *(const uint2*)(b + 16 + 32 * (part * UNITS + u) + 8 * tig);
+    for (int c = 0; c < 2; ++c) l.qs[c] = *(const unsigned int*)(b + 16 + 32 * j + 16 * c + 4 * tig);
     return l;
 }
 
-template <int NT>
-__device__ __forceinline__ void q4k_super_block(const Q4KLane& r0, const Q4KLane& r1, unsigned int part,
-                                                const unsigned char* xs, const float2* dss, float acc[NT][4]) {
-    const unsigned int gid = threadIdx.x / 4, tig = threadIdx.x % 4;
-    const float d0 = h2f((unsigned short)(r0.head.x & 0xffffu)), m0 = h2f((unsigned short)(r0.head.x >> 16));
-    const float d1 = h2f((unsigned short)(r1.head.x & 0xffffu)), m1 = h2f((unsigned short)(r1.head.x >> 16));
+// Scale and negated min of group g as packed pairs of T.
+template <typename T>
+__device__ __forceinline__ void q4k_group_scales(const uint4& head, unsigned int g, unsigned int* scale, unsigned int* neg_min) {
+    unsigned int sc, mn;
+    q4k_scale_min(head, g, &sc, &mn);
+    *scale = splat<T>(h2f((unsigned short)(head.x & 0xffffu)) * (float)sc);
+    *neg_min = splat<T>(-h2f((unsigned short)(head.x >> 16)) * (float)mn);
+}
+
+// Group pair j (values 64j .. 64j + 64, at 64 (j % 2) in the stage) times the token tile.
+template <typename T, int NT>
+__device__ __forceinline__ void q4k_unit(const Q4KLane& r0, const Q4KLane& r1, unsigned int j,
+                                         const unsigned char* xs, float acc[NT][4]) {
+    const unsigned int unbias = splat<T>(-Mma<T>::BIAS);
 #pragma unroll
-    for (int v = 0; v < 2 * UNITS; ++v) {
-        const int u = v / 2, shift = 4 * (v % 2);
-        const unsigned int g = 2 * (part * UNITS + u) + v % 2;
-        unsigned int sc0, mn0, sc1, mn1;
-        q4k_scale_min(r0.head, g, &sc0, &mn0);
-        q4k_scale_min(r1.head, g, &sc1, &mn1);
-        const float f0 = d0 * (float)sc0, fm0 = m0 * (float)mn0, f1 = d1 * (float)sc1, fm1 = m1 * (float)mn1;
-        const unsigned int a[4] = {(r0.qs[u].x >> shift) & 0x0F0F0F0Fu, (r1.qs[u].x >> shift) & 0x0F0F0F0Fu,
-                                   (r0.qs[u].y >> shift) & 0x0F0F0F0Fu, (r1.qs[u].y >> shift) & 0x0F0F0F0Fu};
+    for (int v = 0; v < 2; ++v) {
+        const int shift = 4 * v;
+        const unsigned int g = 2 * j + v;
+        unsigned int s0, m0, s1, m1;
+        q4k_group_scales<T>(r0.head, g, &s0, &m0);
+        q4k_group_scales<T>(r1.head, g, &s1, &m1);
 #pragma unroll
-        for (int t = 0; t < NT; ++t) {
-            const uint2 b = *(const uint2*)(xs + (t * 8 + gid) * Q4K_STRIDE + g * 32 + tig * 8);
-            int c[4] = {0, 0, 0, 0};
-            mma_k32(c, a, b.x, b.y);
-            const float4 dd = *(const float4*)(dss + g * (NT * 8) + t * 8 + 2 * tig);  // tokens 2 tig, 2 tig + 1
-            acc[t][0] += f0 * dd.x * (float)c[0] - fm0 * dd.y;
-            acc[t][1] += f0 * dd.z * (float)c[1] - fm0 * dd.w;
-            acc[t][2] += f1 * dd.x * (float)c[2] - fm1 * dd.y;
-            acc[t][3] += f1 * dd.z * (float)c[3] - fm1 * dd.w;
+        for (int c = 0; c < 2; ++c) {
+            unsigned int a[4];
+            bytes_to_pairs<T>((r0.qs[c] >> shift) & 0x0F0F0F0Fu, unbias, &a[0], &a[2]);
+            bytes_to_pairs<T>((r1.qs[c] >> shift) & 0x0F0F0F0Fu, unbias, &a[1], &a[3]);
+            a[0] = Mma<T>::fma2(a[0], s0, m0);
+            a[2] = Mma<T>::fma2(a[2], s0, m0);
+            a[1] = Mma<T>::fma2(a[1], s1, m1);
+            a[3] = Mma<T>::fma2(a[3], s1, m1);
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                const uint2 b = b_fragment<NT>(xs, t, 4 * (j % 2) + 2 * v + c);
+                Mma<T>::mma(acc[t], a, b.x, b.y);
+            }
         }
     }
 }
@@ -177,66 +200,60 @@ __device__ __forceinline__ unsigned int ld32_any(const unsigned char* p) {
     return __byte_perm(w[0], w[1], 0x5432);
 }
 
-// A lane's share of one row's super-block: for half h and 16-value run lh, the 4 bytes at 4 * tig of
-// ql[64h + 16lh ..], ql[64h + 32 + 16lh ..] and qh[32h + 16lh ..]; the eight scales of half h; d.
+// A lane's share of one row's unit (run i = 2h + lh): the 4 bytes at 4 * tig of ql[64h + 16lh ..],
+// ql[64h + 32 + 16lh ..] and qh[32h + 16lh ..]; the eight scales of half h; d.
 struct Q6KLane {
-    unsigned int ql_a[UNITS], ql_b[UNITS], qh[UNITS];  // runs i = 2h + lh = part * UNITS + u
-    unsigned int scales[UNITS][2];                     // scales[8h .. 8h + 8) of run u
+    unsigned int ql_a, ql_b, qh;
+    unsigned int scales[2];
     float d;
 };
 
-__device__ __forceinline__ Q6KLane q6k_lane(const unsigned char* b, unsigned int tig, unsigned int part) {
+__device__ __forceinline__ Q6KLane q6k_lane(const unsigned char* b, unsigned int tig, unsigned int i) {
     Q6KLane l;
-#pragma unroll
-    for (int u = 0; u < UNITS; ++u) {
-        const unsigned int i = part * UNITS + u, h = i / 2, lh = i % 2;
-        l.ql_a[u] = ld32_any(b + 64 * h + 16 * lh + 4 * tig);
-        l.ql_b[u] = ld32_any(b + 64 * h + 32 + 16 * lh + 4 * tig);
-        l.qh[u] = ld32_any(b + 128 + 32 * h + 16 * lh + 4 * tig);
-        l.scales[u][0] = ld32_any(b + 192 + 8 * h);
-        l.scales[u][1] = ld32_any(b + 196 + 8 * h);
-    }
+    const unsigned int h = i / 2, lh = i % 2;
+    l.ql_a = ld32_any(b + 64 * h + 16 * lh + 4 * tig);
+    l.ql_b = ld32_any(b + 64 * h + 32 + 16 * lh + 4 * tig);
+    l.qh = ld32_any(b + 128 + 32 * h + 16 * lh + 4 * tig);
+    l.scales[0] = ld32_any(b + 192 + 8 * h);
+    l.scales[1] = ld32_any(b + 196 + 8 * h);
     l.d = h2f(ld16(b + 208));
     return l;
 }
 
-// The int8 weights (value - 32) of quarter q (values 32q apart within a half) of the lane's run u.
-__device__ __forceinline__ unsigned int q6k_quarter(const Q6KLane& l, int u, int q) {
-    const unsigned int lo = q % 2 == 0 ? l.ql_a[u] : l.ql_b[u];
+// The 6-bit values (0..63) of quarter q (values 32q apart within a half) of the lane's run.
+__device__ __forceinline__ unsigned int q6k_quarter(const Q6KLane& l, int q) {
+    const unsigned int lo = q % 2 == 0 ? l.ql_a : l.ql_b;
     const unsigned int low = (lo >> (4 * (q / 2))) & 0x0F0F0F0Fu;
-    const unsigned int high = ((l.qh[u] >> (2 * q)) << 4) & 0x30303030u;
-    return minus32_bytes(low | high);
+    const unsigned int high = ((l.qh >> (2 * q)) << 4) & 0x30303030u;
+    return low | high;
 }
 
-// d * the scale of quarter q of run u (sub-block 8h + 2q + lh: byte lh + 2q of the run's eight).
-__device__ __forceinline__ float q6k_scale(const Q6KLane& l, int u, unsigned int lh, int q) {
-    return l.d * (float)(signed char)((l.scales[u][q / 2] >> (8 * (lh + 2 * (q % 2)))) & 0xFFu);
+// d * the scale of quarter q of the run (sub-block 8h + 2q + lh: byte lh + 2q of the half's eight).
+__device__ __forceinline__ float q6k_scale(const Q6KLane& l, unsigned int lh, int q) {
+    return l.d * (float)(signed char)((l.scales[q / 2] >> (8 * (lh + 2 * (q % 2)))) & 0xFFu);
 }
 
-template <int NT>
-__device__ __forceinline__ void q6k_super_block(const Q6KLane& r0, const Q6KLane& r1, unsigned int part,
-                                                const unsigned char* xs, const float2* dss, float acc[NT][4]) {
-    const unsigned int gid = threadIdx.x / 4, tig = threadIdx.x % 4;
+// Run i (values 128h + 16lh + 32q .. + 16 for q = 0..3, at 16 (2q + lh) in the stage) times the tile.
+template <typename T, int NT>
+__device__ __forceinline__ void q6k_unit(const Q6KLane& r0, const Q6KLane& r1, unsigned int i,
+                                         const unsigned char* xs, float acc[NT][4]) {
+    const unsigned int unbias = splat<T>(-(Mma<T>::BIAS + 32.0f)), zero = 0, lh = i % 2;
 #pragma unroll
-    for (int u = 0; u < UNITS; ++u)
+    for (int q = 0; q < 4; ++q) {
+        const unsigned int s0 = splat<T>(q6k_scale(r0, lh, q)), s1 = splat<T>(q6k_scale(r1, lh, q));
+        unsigned int a[4];
+        bytes_to_pairs<T>(q6k_quarter(r0, q), unbias, &a[0], &a[2]);
+        bytes_to_pairs<T>(q6k_quarter(r1, q), unbias, &a[1], &a[3]);
+        a[0] = Mma<T>::fma2(a[0], s0, zero);
+        a[2] = Mma<T>::fma2(a[2], s0, zero);
+        a[1] = Mma<T>::fma2(a[1], s1, zero);
+        a[3] = Mma<T>::fma2(a[3], s1, zero);
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {
-            const unsigned int i = part * UNITS + u;
-            const unsigned int s = 8 * (i / 2) + 2 * q + i % 2;  // sub-block: values 16 s .. 16 s + 16
-            const unsigned int a0 = q6k_quarter(r0, u, q), a1 = q6k_quarter(r1, u, q);
-            const float f0 = q6k_scale(r0, u, i % 2, q), f1 = q6k_scale(r1, u, i % 2, q);
-#pragma unroll
-            for (int t = 0; t < NT; ++t) {
-                const unsigned int b = *(const unsigned int*)(xs + (t * 8 + gid) * Q6K_STRIDE + s * 16 + tig * 4);
-                int c[4] = {0, 0, 0, 0};
-                mma_k16(c, a0, a1, b);
-                const float4 dd = *(const float4*)(dss + (s / 2) * (NT * 8) + t * 8 + 2 * tig);
-                acc[t][0] += f0 * dd.x * (float)c[0];
-                acc[t][1] += f0 * dd.z * (float)c[1];
-                acc[t][2] += f1 * dd.x * (float)c[2];
-                acc[t][3] += f1 * dd.z * (float)c[3];
-            }
+        for (int t = 0; t < NT; ++t) {
+            const uint2 b = b_fragment<NT>(xs, t, 2 * q + lh);
+            Mma<T>::mma(acc[t], a, b.x, b.y);
         }
+    }
 }
 
 // ---- the product -----------------------------------------------------------------------------
@@ -249,8 +266,8 @@ __device__ __forceinline__ void q6k_super_block(const Q6KLane& r0, const Q6KLane
 template <int NT>
 __device__ __forceinline__ bool reduce_parts(float acc[NT][4], float* scratch) {
     const unsigned int row_warp = threadIdx.y % MMA_ROW_WARPS, part = threadIdx.y / MMA_ROW_WARPS;
+    static_assert((MMA_PARTS - 1) * MMA_ROW_WARPS * NT * 4 * 32 * 4 <= 2 * NT * 8 * TOKEN_STRIDE, "scratch fits the token buffers");
     // [part - 1][row_warp][t * 4 + i][lane]: consecutive lanes, consecutive words
-    static_assert((MMA_PARTS - 1) * MMA_ROW_WARPS * NT * 4 * 32 * 4 <= 2 * NT * 8 * Q6K_STRIDE, "scratch fits the token buffers");
     float* mine = scratch + (row_warp * NT * 4) * 32 + threadIdx.x;
     const unsigned int part_stride = MMA_ROW_WARPS * NT * 4 * 32;
     if (part > 0)
@@ -269,45 +286,54 @@ __device__ __forceinline__ bool reduce_parts(float acc[NT][4], float* scratch) {
     return true;
 }
 
-// A lane's weights of one super-block in either format.
-template <int FORMAT>
+// A lane's weights of one super-block in either format, and their products with a token tile.
+template <typename T, int FORMAT>
 struct Lane;
-template <>
-struct Lane<FORMAT_Q4K> {
+template <typename T>
+struct Lane<T, FORMAT_Q4K> {
+    static constexpr unsigned int BLOCK_BYTES = 144;
     Q4KLane r;
-    __device__ __forceinline__ void load(const unsigned char* b, unsigned int tig, unsigned int part) { r = q4k_lane(b, tig, part); }
+    __device__ __forceinline__ void load(const unsigned char* b, unsigned int tig, unsigned int unit) { r = q4k_lane(b, tig, unit); }
     template <int NT>
-    __device__ __forceinline__ void multiply(const Lane& r1, unsigned int part, const unsigned char* xs, const float2* dss, float acc[NT][4]) const {
-        q4k_super_block<NT>(r, r1.r, part, xs, dss, acc);
+    __device__ __forceinline__ void multiply(const Lane& r1, unsigned int unit, const unsigned char* xs, float acc[NT][4]) const {
+        q4k_unit<T, NT>(r, r1.r, unit, xs, acc);
     }
 };
-template <>
-struct Lane<FORMAT_Q6K> {
+template <typename T>
+struct Lane<T, FORMAT_Q6K> {
+    static constexpr unsigned int BLOCK_BYTES = 210;
     Q6KLane r;
-    __device__ __forceinline__ void load(const unsigned char* b, unsigned int tig, unsigned int part) { r = q6k_lane(b, tig, part); }
+    __device__ __forceinline__ void load(const unsigned char* b, unsigned int tig, unsigned int unit) { r = q6k_lane(b, tig, unit); }
     template <int NT>
-    __device__ __forceinline__ void multiply(const Lane& r1, unsigned int part, const unsigned char* xs, const float2* dss, float acc[NT][4]) const {
-        q6k_super_block<NT>(r, r1.r, part, xs, dss, acc);
+    __device__ __forceinline__ void multiply(const Lane& r1, unsigned int unit, const unsigned char* xs, float acc[NT][4]) const {
+        q6k_unit<T, NT>(r, r1.r, unit, xs, acc);
     }
 };
 
-// Block (x: 64 weight rows, y: a tile of 8 * NT tokens, z: a slice of the super-blocks). With
-// one slice (gridDim.z == 1) the block stores y; otherwise F32 partial sums into
+// Loads stage st's unit (2 (st % 2) + part of super-block st / 2) of both of a lane's rows.
+template <typename L>
+__device__ __forceinline__ void load_stage(L& r0, L& r1, const unsigned char* w0, const unsigned char* w1,
+                                           unsigned int st, unsigned int tig, unsigned int part) {
+    constexpr unsigned int BLOCK_BYTES = L::BLOCK_BYTES;
+    const unsigned int unit = 2 * (st % 2) + part;
+    r0.load(w0 + (st / 2) * BLOCK_BYTES, tig, unit);
+    r1.load(w1 + (st / 2) * BLOCK_BYTES, tig, unit);
+}
+
+// Block (x: a tile of 8 * NT tokens, y: 64 weight rows, z: a slice of the super-blocks). With one
+// slice (gridDim.z == 1) the block stores y; otherwise F32 partial sums into
 // partial[z][rows][nrows], which mma_reduce adds in slice order.
 template <typename T, int NT, int FORMAT>
-__device__ void mma_matmul(const unsigned char* __restrict__ w, const unsigned char* __restrict__ xq,
-                           const float2* __restrict__ ds, T* __restrict__ y, float* __restrict__ partial,
-                           unsigned int nrows, unsigned int k, unsigned int rows, unsigned int rows_pad) {
+__device__ void mma_matmul(const unsigned char* __restrict__ w, const T* __restrict__ x, T* __restrict__ y,
+                           float* __restrict__ partial, unsigned int nrows, unsigned int k, unsigned int rows) {
     constexpr int NTOK = NT * 8;
-    constexpr int STRIDE = FORMAT == FORMAT_Q4K ? Q4K_STRIDE : Q6K_STRIDE;
-    constexpr unsigned int BLOCK_BYTES = FORMAT == FORMAT_Q4K ? 144 : 210;
-    __shared__ __align__(16) unsigned char xs[2][NTOK * STRIDE];
-    __shared__ __align__(16) float2 dss[2][8 * NTOK];
-    const unsigned int nsb = k / 256, tok0 = blockIdx.y * NTOK;
+    constexpr unsigned int BLOCK_BYTES = Lane<T, FORMAT>::BLOCK_BYTES;
+    __shared__ __align__(16) unsigned char xs[2][NTOK * TOKEN_STRIDE];
+    const unsigned int nsb = k / 256, tok0 = blockIdx.x * NTOK;
     const unsigned int sb_begin = blockIdx.z * nsb / gridDim.z, sb_end = (blockIdx.z + 1) * nsb / gridDim.z;
     const unsigned int gid = threadIdx.x / 4, tig = threadIdx.x % 4;
     const unsigned int row_warp = threadIdx.y % MMA_ROW_WARPS, part = threadIdx.y / MMA_ROW_WARPS;
-    const unsigned int row0 = blockIdx.x * MMA_ROWS + row_warp * 16 + gid;
+    const unsigned int row0 = blockIdx.y * MMA_ROWS + row_warp * 16 + gid;
     // Rows past the matrix read the last row (valid memory); their results are not stored.
     const unsigned char* w0 = w + (unsigned long long)(row0 < nrows ? row0 : nrows - 1) * nsb * BLOCK_BYTES;
     const unsigned char* w1 = w + (unsigned long long)(row0 + 8 < nrows ? row0 + 8 : nrows - 1) * nsb * BLOCK_BYTES;
@@ -316,24 +342,22 @@ __device__ void mma_matmul(const unsigned char* __restrict__ w, const unsigned c
     for (int t = 0; t < NT; ++t)
 #pragma unroll
         for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
-    stage_tokens<NTOK, STRIDE>(xs[0], dss[0], xq, ds, sb_begin, k, rows_pad, tok0);
+    // Stage st: values 128 st .. + 128, of super-block st / 2; this warp's unit in it.
+    const unsigned int st_begin = 2 * sb_begin, st_end = 2 * sb_end;
+    stage_tokens<T, NTOK>(xs[0], x, st_begin, k, rows, tok0);
     cp_async_commit();
-    Lane<FORMAT> cur0, cur1;  // this super-block's weights; the next one's load during its products
-    cur0.load(w0 + sb_begin * BLOCK_BYTES, tig, part);
-    cur1.load(w1 + sb_begin * BLOCK_BYTES, tig, part);
-    for (unsigned int sb = sb_begin; sb < sb_end; ++sb) {
-        const unsigned int buf = (sb - sb_begin) % 2;
-        const bool more = sb + 1 < sb_end;
-        if (more) stage_tokens<NTOK, STRIDE>(xs[buf ^ 1], dss[buf ^ 1], xq, ds, sb + 1, k, rows_pad, tok0);
-        cp_async_commit();  // possibly empty, so that "all but the newest group" is this super-block
-        Lane<FORMAT> next0 = cur0, next1 = cur1;
-        if (more) {
-            next0.load(w0 + (sb + 1) * BLOCK_BYTES, tig, part);
-            next1.load(w1 + (sb + 1) * BLOCK_BYTES, tig, part);
-        }
+    Lane<T, FORMAT> cur0, cur1;  // this stage's weights; the next one's load during its products
+    load_stage(cur0, cur1, w0, w1, st_begin, tig, part);
+    for (unsigned int st = st_begin; st < st_end; ++st) {
+        const unsigned int buf = (st - st_begin) % 2;
+        const bool more = st + 1 < st_end;
+        if (more) stage_tokens<T, NTOK>(xs[buf ^ 1], x, st + 1, k, rows, tok0);
+        cp_async_commit();  // possibly empty, so that "all but the newest group" is this stage
+        Lane<T, FORMAT> next0 = cur0, next1 = cur1;
+        if (more) load_stage(next0, next1, w0, w1, st + 1, tig, part);
         cp_async_wait_one();
         __syncthreads();
-        cur0.template multiply<NT>(cur1, part, xs[buf], dss[buf], acc);
+        cur0.template multiply<NT>(cur1, 2 * (st % 2) + part, xs[buf], acc);
         __syncthreads();  // everyone is done with xs[buf] before the next iteration refills it
         cur0 = next0;
         cur1 = next1;
@@ -355,9 +379,9 @@ __device__ void mma_reduce(const float* __restrict__ partial, T* __restrict__ y,
 
 #define MMA_KERNEL(FMT, FORMAT, SUFFIX, T, NT)                                                           \
     extern "C" __global__ void __launch_bounds__(32 * MMA_WARPS) mma_##FMT##_##SUFFIX##_##NT(             \
-        const unsigned char* w, const unsigned char* xq, const float2* ds, T* y, float* partial,          \
-        unsigned int nrows, unsigned int k, unsigned int rows, unsigned int rows_pad) {                   \
-        mma_matmul<T, NT, FORMAT>(w, xq, ds, y, partial, nrows, k, rows, rows_pad);                      \
+        const unsigned char* w, const T* x, T* y, float* partial, unsigned int nrows, unsigned int k,     \
+        unsigned int rows) {                                                                              \
+        mma_matmul<T, NT, FORMAT>(w, x, y, partial, nrows, k, rows);                                     \
     }
 #define MMA_TILES(FMT, FORMAT, SUFFIX, T)                                                                 \
     MMA_KERNEL(FMT, FORMAT, SUFFIX, T, 1) MMA_KERNEL(FMT, FORMAT, SUFFIX, T, 2)                           \
@@ -365,10 +389,6 @@ __device__ void mma_reduce(const float* __restrict__ partial, T* __restrict__ y,
     MMA_KERNEL(FMT, FORMAT, SUFFIX, T, 5) MMA_KERNEL(FMT, FORMAT, SUFFIX, T, 6)                           \
     MMA_KERNEL(FMT, FORMAT, SUFFIX, T, 7) MMA_KERNEL(FMT, FORMAT, SUFFIX, T, 8)
 #define MMA_ALL(SUFFIX, T)                                                                                \
-    extern "C" __global__ void mma_quantize_##SUFFIX(const T* x, unsigned int rows, unsigned int k,     \
-                                                     unsigned int rows_pad, unsigned char* xq, float2* ds) { \
-        mma_quantize<T>(x, rows, k, rows_pad, xq, ds);                                                   \
-    }                                                                                                     \
     extern "C" __global__ void mma_reduce_##SUFFIX(const float* partial, T* y, unsigned int count,       \
                                                    unsigned int slices) {                                 \
         mma_reduce<T>(partial, y, count, slices);                                                        \

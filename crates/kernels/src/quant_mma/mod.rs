@@ -1,18 +1,19 @@
-//! Q4_K/Q6_K weights times a batch of activation rows on int8 tensor cores — the products of a
-//! generation step with more sequences than [`crate::quant_matvec`] takes (9 up to where
-//! dequantizing for a cuBLAS GEMM wins), where the weights are still read once per step but the
-//! dp4a kernels would run out of arithmetic.
+//! Q4_K/Q6_K weights times a batch of activation rows on BF16/F16 tensor cores — the products of
+//! a generation step with more sequences than [`crate::quant_matvec`] takes (9 up to where
+//! dequantizing the whole matrix for a cuBLAS GEMM wins). The weights are still read once per step
+//! (per 32 tokens); each warp turns its share of the blocks into the mma's operands in registers,
+//! so no dequantized copy is written.
 //!
-//! [`quant_mma`] rounds the activations to int8 per 32 values exactly as the int8 matvec kernels
-//! do (a small kernel of its own, into a transient buffer), then multiplies with `mma.sync`
-//! (m16n8k32 for Q4_K's 32-weight groups, m16n8k16 for Q6_K's 16-weight sub-blocks) and scales the
-//! integer dot products in F32 (`mma.cu`). The result therefore equals the F32 product of the
-//! int8-rounded activations ([`crate::quant_matvec::int8_activations_reference`]) up to summation
-//! order and the output rounding; tests on the GPU bind them (`cuda_tests.rs`).
+//! [`quant_mma`] (`mma.cu`): each weight becomes `v * (d * scale) - dmin * min` in the activations'
+//! type (one rounding, with the group's scale and min rounded to that type first), then `mma.sync`
+//! m16n8k16 accumulates in F32. The activations are used as they are (no int8 rounding), so the
+//! result equals the F32 product of the dequantized weights ([`crate::quant_matvec::quant_matvec_reference`])
+//! up to those roundings and summation order; tests on the GPU bind them (`cuda_tests.rs`).
 //!
-//! Invariants: each output row (token) depends only on its own activation row — the same values
-//! whatever the batch around it (checked bit for bit by the tests). Needs compute capability 8.0
-//! (`mma.sync` with int8, `cp.async`); [`supported`] says no elsewhere.
+//! Invariants: each output row (token) depends only on its own activation row — the same bits
+//! whatever the batch around it (tested), because tiles, slices and summation order depend on the
+//! matrix alone. Needs compute capability 8.0 (`mma.sync` with BF16, `cp.async`); [`supported`]
+//! says no elsewhere.
 
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -28,7 +29,7 @@ use crate::Result;
 pub const CUDA_SOURCE: &str = concat!(include_str!("../dtypes.cuh"), include_str!("../ggml_blocks.cuh"), include_str!("mma.cu"));
 
 /// Tokens one thread block multiplies (`8 * NT`, NT = 1..=8 in mma.cu); larger batches take
-/// several tiles.
+/// several tiles, side by side on the GPU so the weights come from DRAM about once.
 pub const TOKENS_PER_TILE: usize = 64;
 
 /// Whether [`quant_mma`] handles `w` (`[n, k]`) times `x` (`[rows, k]`): Q4_K/Q6_K on a GPU of
@@ -41,13 +42,13 @@ pub fn supported(w: &QTensor, x: &Tensor) -> bool {
         && rows > 0
         && x_k == k
         && k % 256 == 0
-        && gpu_has_int8_mma(x)
+        && gpu_has_bf16_mma(x)
 }
 
-fn gpu_has_int8_mma(x: &Tensor) -> bool {
+fn gpu_has_bf16_mma(x: &Tensor) -> bool {
     #[cfg(feature = "cuda")]
     {
-        cuda::has_int8_mma(x.device())
+        cuda::has_bf16_mma(x.device())
     }
     #[cfg(not(feature = "cuda"))]
     {
