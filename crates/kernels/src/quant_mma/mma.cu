@@ -15,8 +15,9 @@
 // The weights become the mma's A fragments in the activations' type: a 6-bit or 4-bit value v goes
 // into the mantissa of 128 (BF16) or 1024 (F16) by one byte permute, the bias is subtracted
 // exactly, and one packed FMA applies the group's scale (and Q4_K's min): w = v * (d * scale) -
-// dmin * min, rounded once, with d * scale and dmin * min rounded to the type first (relative
-// error 2^-9 in BF16, as the weights of the BF16 prompt GEMM have).
+// dmin * min, rounded once (relative error 2^-9 in BF16, as the weights of the BF16 prompt GEMM
+// have), from d * scale and dmin * min that were rounded to the type first (an error of the same
+// size shared by a group's 32 weights; the prompt GEMM computes those in F32).
 //
 // Fragments (PTX ISA, mma.m16n8k16 with 16-bit operands): lane = 4 * gid + tig. A (16 weight rows x
 // 16 k): a0 row gid, a1 row gid + 8 at k 2tig, 2tig + 1; a2, a3 the same rows at k 2tig + 8, + 9.

@@ -1,7 +1,7 @@
 //! Q4_K/Q6_K weights times a batch of activation rows on BF16/F16 tensor cores — the products of
 //! a generation step with more sequences than [`crate::quant_matvec`] takes (9 up to where
 //! dequantizing the whole matrix for a cuBLAS GEMM wins). The weights are still read once per step
-//! (per 32 tokens); each warp turns its share of the blocks into the mma's operands in registers,
+//! (per 64 tokens); each warp turns its share of the blocks into the mma's operands in registers,
 //! so no dequantized copy is written.
 //!
 //! [`quant_mma`] (`mma.cu`): each weight becomes `v * (d * scale) - dmin * min` in the activations'
