@@ -136,6 +136,25 @@ fn quant_mma_enabled() -> bool {
     *ENABLED.get_or_init(|| std::env::var("HEARTH_QUANT_MMA").map_or(true, |v| v.trim() != "0"))
 }
 
+/// Whether `x Wᵀ` goes to `quant_mma`: batched generation steps, from one row more than the
+/// matvec kernels take up to the dequantize-and-GEMM threshold.
+fn takes_quant_mma(q: &QTensor, x: &Tensor) -> Result<bool> {
+    let rows = x.dim(0)?;
+    Ok(quant_mma_enabled()
+        && rows > quant_matvec::MAX_ROWS
+        && dequantized_gemm_min_rows().is_none_or(|gemm_rows| rows < gemm_rows)
+        && quant_mma::supported(q, x))
+}
+
+fn all_take_quant_mma(qs: &[&QTensor], x: &Tensor) -> Result<bool> {
+    for q in qs {
+        if !takes_quant_mma(q, x)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// `x Wᵀ` with `W` dequantized for this call (`[n, k]`, a transient buffer): one cuBLAS GEMM on
 /// tensor cores with F32 accumulation. Q4_K/Q6_K/Q8_0/Q5_0 weights are dequantized to `x`'s own
 /// dtype (BF16 or F16), so the activations and the result are not cast; other block types go to
@@ -161,14 +180,12 @@ fn candle_matmul(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
             if quant_matvec::supported(q, &x) {
                 return Ok(quant_matvec::quant_matvec(q, &x)?);
             }
-            let gemm_rows = dequantized_gemm_min_rows();
-            if let Some(rows) = gemm_rows {
+            if let Some(rows) = dequantized_gemm_min_rows() {
                 if x.dim(0)? >= rows && x.dtype() != DType::F32 {
                     return dequantized_gemm(q, &x);
                 }
             }
-            // Batched generation steps (9 rows up to the GEMM threshold): tensor cores on the quantized blocks.
-            if quant_mma_enabled() && quant_mma::supported(q, &x) {
+            if takes_quant_mma(q, &x)? {
                 return Ok(quant_mma::quant_mma(q, &x)?);
             }
             let direct = matches!(
@@ -230,13 +247,26 @@ impl Linear {
     }
 
     /// `x` through several layers that read it (Q, K, V; gate, up): on a GPU, quantized
-    /// generation-sized products take one grouped launch that quantizes `x` once
-    /// (`quant_matvec_group`); otherwise one forward each. Same results either way.
+    /// generation-sized products take one grouped launch (`quant_matvec_group`, which quantizes
+    /// `x` once, up to 8 rows; `quant_mma_group` for batches); otherwise one forward each. The
+    /// same results either way (up to summation order for `quant_mma_group`, whose slices
+    /// follow the group).
     pub fn forward_many<const N: usize>(linears: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
         let quantized: Option<Vec<&QTensor>> = linears.iter().map(|linear| linear.candle_qtensor()).collect();
-        let outputs: Vec<Tensor> = match quantized {
-            Some(qs) if N > 1 && !x.device().is_cpu() && quant_matvec::group_supported(&qs, x) => {
-                let outputs = quant_matvec::quant_matvec_group(&qs, x)?;
+        let grouped = match &quantized {
+            Some(qs) if N > 1 && !x.device().is_cpu() => {
+                if quant_matvec::group_supported(qs, x) {
+                    Some(quant_matvec::quant_matvec_group(qs, x)?)
+                } else if qs.len() <= quant_mma::MAX_GROUP && all_take_quant_mma(qs, x)? {
+                    Some(quant_mma::quant_mma_group(qs, x)?)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        let outputs: Vec<Tensor> = match grouped {
+            Some(outputs) => {
                 linears
                     .iter()
                     .zip(outputs)

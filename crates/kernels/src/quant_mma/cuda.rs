@@ -9,7 +9,7 @@ use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 
-use super::{CUDA_SOURCE, TOKENS_PER_TILE};
+use super::{CUDA_SOURCE, MAX_GROUP, TOKENS_PER_TILE};
 use crate::nvrtc::{contiguous_view, CudaModule};
 use crate::Result;
 
@@ -26,10 +26,10 @@ const WARPS_PER_BLOCK: u32 = 8;
 const TARGET_BLOCKS: usize = 256;
 const MAX_SLICES: usize = 8;
 
-/// Slices of the super-blocks for an `n` x `k` matrix: a function of the matrix alone, never of
-/// the batch, so that a token's result does not depend on the batch around it.
-fn slices_for(n: usize, k: usize) -> usize {
-    let row_blocks = n.div_ceil(ROWS_PER_BLOCK as usize);
+/// Slices of the super-blocks for matrices of `row_blocks` 64-row blocks and width `k`: a function
+/// of the matrices alone, never of the batch, so that a token's result does not depend on the
+/// batch around it.
+fn slices_for(row_blocks: usize, k: usize) -> usize {
     let mut slices = 1;
     while slices * 2 <= MAX_SLICES && row_blocks * slices * 2 <= TARGET_BLOCKS && slices * 2 <= k / 256 {
         slices *= 2;
@@ -45,8 +45,33 @@ pub fn has_bf16_mma(device: &Device) -> bool {
     *ANSWER.get_or_init(|| matches!(dev.cuda_stream().context().compute_capability(), Ok((major, _)) if major >= 8))
 }
 
+/// One matrix of a launch (`MmaMatrix` in mma.cu).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct MmaMatrix {
+    w: u64,
+    nrows: u32,
+    format: u32,
+    offset: u32,
+    blocks: u32,
+}
+
+/// The kernel's first argument (`MmaMatrices` in mma.cu), passed by value.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct MmaMatrices {
+    m: [MmaMatrix; MAX_GROUP],
+    count: u32,
+    total: u32,
+}
+
+// SAFETY: plain old data with the C layout of `MmaMatrices`.
+unsafe impl DeviceRepr for MmaMatrices {}
+
+/// `x Wᵢᵀ` for every matrix of the group in one launch; the outputs lie one after the other in a
+/// flat `[rows * Σ nᵢ]` result (matrix i's `[rows, nᵢ]` block at `rows * Σ_{j<i} nⱼ`).
 struct QuantMma<'a> {
-    w: &'a QTensor,
+    ws: &'a [&'a QTensor],
 }
 
 impl CustomOp1 for QuantMma<'_> {
@@ -68,43 +93,65 @@ impl CustomOp1 for QuantMma<'_> {
 }
 
 impl QuantMma<'_> {
-    fn launch<T: CudaDType + DeviceRepr>(&self, x: &CudaStorage, x_l: &Layout, suffix: &str) -> candle_core::Result<(CudaStorage, Shape)> {
-        let format = match self.w.dtype() {
-            GgmlDType::Q4K => "q4k",
-            GgmlDType::Q6K => "q6k",
-            other => candle_core::bail!("quant_mma: no kernel for {other:?}"),
-        };
-        let (n, k) = self.w.shape().dims2()?;
-        let (rows, x_k) = x_l.shape().dims2()?;
-        if x_k != k || k % 256 != 0 || rows == 0 || n == 0 {
-            candle_core::bail!("quant_mma: weight {n}x{k}, activations {rows}x{x_k}");
+    fn matrices(&self, k: usize) -> candle_core::Result<MmaMatrices> {
+        if !(1..=MAX_GROUP).contains(&self.ws.len()) {
+            candle_core::bail!("quant_mma: {} matrices in one launch (1..={MAX_GROUP})", self.ws.len());
         }
+        let mut matrices = MmaMatrices { count: self.ws.len() as u32, ..Default::default() };
+        for (slot, w) in matrices.m.iter_mut().zip(self.ws) {
+            let format = match w.dtype() {
+                GgmlDType::Q4K => 0,
+                GgmlDType::Q6K => 1,
+                other => candle_core::bail!("quant_mma: no kernel for {other:?}"),
+            };
+            let (n, w_k) = w.shape().dims2()?;
+            if w_k != k || n == 0 {
+                candle_core::bail!("quant_mma: weight {n}x{w_k} against activations of width {k}");
+            }
+            *slot = MmaMatrix {
+                w: w.device_ptr()? as u64,
+                nrows: n as u32,
+                format,
+                offset: matrices.total,
+                blocks: (n as u32).div_ceil(ROWS_PER_BLOCK),
+            };
+            matrices.total += n as u32;
+        }
+        Ok(matrices)
+    }
+
+    fn launch<T: CudaDType + DeviceRepr>(&self, x: &CudaStorage, x_l: &Layout, suffix: &str) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (rows, k) = x_l.shape().dims2()?;
+        if k % 256 != 0 || rows == 0 {
+            candle_core::bail!("quant_mma: activations {rows}x{k}");
+        }
+        let matrices = self.matrices(k)?;
+        let (total, row_blocks) = (matrices.total as usize, matrices.m.iter().map(|m| m.blocks).sum::<u32>());
         // Token tiles of 8 * tiles_of_8 rows (the last one padded with zeros in shared memory).
         let tiles_of_8 = rows.min(TOKENS_PER_TILE).div_ceil(8);
         let tiles = rows.div_ceil(8 * tiles_of_8);
         let xv = contiguous_view::<T>(x, x_l, "quant_mma: activations")?;
         let dev = x.device().clone();
-        let weights = self.w.device_ptr()? as u64;
-        // SAFETY: the product writes every output element (rows x n).
-        let out = unsafe { dev.alloc::<T>(rows * n)? };
-        let (rows_u32, k_u32, n_u32) = (rows as u32, k as u32, n as u32);
-        let slices = slices_for(n, k);
-        // SAFETY: with several slices every slice writes its rows x n partial products.
-        let partial = unsafe { dev.alloc::<f32>(if slices > 1 { slices * rows * n } else { 1 })? };
-        let product = MODULE.function(x, &format!("mma_{format}_{suffix}_{tiles_of_8}"))?;
+        // SAFETY: the product writes every output element (rows x total).
+        let out = unsafe { dev.alloc::<T>(rows * total)? };
+        let (rows_u32, k_u32) = (rows as u32, k as u32);
+        let slices = slices_for(row_blocks as usize, k);
+        // SAFETY: with several slices every slice writes its rows x total partial products.
+        let partial = unsafe { dev.alloc::<f32>(if slices > 1 { slices * rows * total } else { 1 })? };
+        let product = MODULE.function(x, &format!("mma_{suffix}_{tiles_of_8}"))?;
         let cfg = LaunchConfig {
-            grid_dim: (tiles as u32, n_u32.div_ceil(ROWS_PER_BLOCK), slices as u32),
+            grid_dim: (tiles as u32, row_blocks, slices as u32),
             block_dim: (32, WARPS_PER_BLOCK, 1),
             shared_mem_bytes: 0,
         };
         let mut b = product.builder();
-        b.arg(&weights).arg(&xv).arg(&out).arg(&partial).arg(&n_u32).arg(&k_u32).arg(&rows_u32);
-        // SAFETY: matches `mma_{q4k,q6k}_*_NT` with NT = tiles_of_8; the weight pointer covers n
-        // rows of k / 256 blocks (candle's QTensor of shape [n, k]); xv is rows x k; out is rows x n; partial
-        // is slices x rows x n when slices > 1 (and unused otherwise).
+        b.arg(&matrices).arg(&xv).arg(&out).arg(&partial).arg(&k_u32).arg(&rows_u32);
+        // SAFETY: matches `mma_*_NT` with NT = tiles_of_8; each weight pointer covers its nrows
+        // rows of k / 256 blocks (candle's QTensor of shape [nrows, k]); xv is rows x k; out is
+        // rows x total; partial is slices x rows x total when slices > 1 (and unused otherwise).
         unsafe { b.launch(cfg) }.w()?;
         if slices > 1 {
-            let count = (rows * n) as u32;
+            let count = (rows * total) as u32;
             let reduce = MODULE.function(x, &format!("mma_reduce_{suffix}"))?;
             let cfg = LaunchConfig { grid_dim: (count.div_ceil(256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
             let mut b = reduce.builder();
@@ -113,11 +160,20 @@ impl QuantMma<'_> {
             // SAFETY: matches `mma_reduce_*`: partial holds slices x count floats, out count elements.
             unsafe { b.launch(cfg) }.w()?;
         }
-        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((rows, n))))
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(rows * total)))
     }
 }
 
-pub fn quant_mma(w: &QTensor, x: &Tensor) -> Result<Tensor> {
+pub fn quant_mma_group(ws: &[&QTensor], x: &Tensor) -> Result<Vec<Tensor>> {
     let x = x.contiguous()?;
-    Ok(x.apply_op1_no_bwd(&QuantMma { w })?)
+    let rows = x.dim(0)?;
+    let flat = x.apply_op1_no_bwd(&QuantMma { ws })?;
+    let mut offset = 0;
+    let mut outputs = Vec::with_capacity(ws.len());
+    for w in ws {
+        let n = w.shape().dims2()?.0;
+        outputs.push(flat.narrow(0, offset, rows * n)?.reshape((rows, n))?);
+        offset += rows * n;
+    }
+    Ok(outputs)
 }

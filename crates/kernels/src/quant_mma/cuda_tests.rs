@@ -15,11 +15,9 @@ fn nvrtc_compiles_the_mma_source() {
     let ptx = cuda::MODULE.compile().unwrap_or_else(|e| panic!("NVRTC failed: {e:?}")).to_src();
     for suffix in ["bf16", "f16"] {
         assert!(ptx.contains(&format!(".entry mma_reduce_{suffix}(")), "PTX lacks mma_reduce_{suffix}");
-        for format in ["q4k", "q6k"] {
-            for tiles in 1..=TOKENS_PER_TILE / 8 {
-                let name = format!("mma_{format}_{suffix}_{tiles}");
-                assert!(ptx.contains(&format!(".entry {name}(")), "PTX lacks {name}");
-            }
+        for tiles in 1..=TOKENS_PER_TILE / 8 {
+            let name = format!("mma_{suffix}_{tiles}");
+            assert!(ptx.contains(&format!(".entry {name}(")), "PTX lacks {name}");
         }
     }
 }
@@ -75,6 +73,38 @@ fn each_token_is_independent_of_its_batch() {
             let part = quant_mma(&q, &x.narrow(0, start, len).unwrap()).unwrap();
             let same = whole.narrow(0, start, len).unwrap();
             assert_eq!(relative_diff(&part, &same), 0.0, "{format:?} rows {start}..{}", start + len);
+        }
+    }
+}
+
+/// Q, K, V-like groups (mixed Q4_K/Q6_K, different heights) in one launch equal one launch each
+/// up to summation order (a group may be cut into other slices than its matrices alone), and
+/// a token's results in a group do not depend on the batch either.
+#[test]
+fn a_group_equals_its_matrices_one_by_one() {
+    let Some(device) = crate::test_gpu() else { return };
+    let k = 1024;
+    let matrix = |n: usize, format| {
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        QTensor::quantize_onto(&w, format, &device).unwrap()
+    };
+    let (q, kk, v) = (matrix(256, GgmlDType::Q4K), matrix(64, GgmlDType::Q4K), matrix(61, GgmlDType::Q6K));
+    for group in [vec![&q, &kk, &v], vec![&v, &q], vec![&kk]] {
+        for rows in [9, 40, 100] {
+            let x = activations(rows, k, DType::F16, &device);
+            assert!(group_supported(&group, &x));
+            let outputs = quant_mma_group(&group, &x).unwrap();
+            assert_eq!(outputs.len(), group.len());
+            for (w, out) in group.iter().zip(&outputs) {
+                let single = quant_mma(w, &x).unwrap();
+                assert_eq!(out.dims(), single.dims());
+                let diff = relative_diff(out, &single);
+                assert!(diff <= 2e-3, "{:?} rows {rows}: grouped differs from single by {diff}", w.dtype());
+            }
+            let first = quant_mma_group(&group, &x.narrow(0, 3, 1).unwrap()).unwrap();
+            for (out, alone) in outputs.iter().zip(&first) {
+                assert_eq!(relative_diff(&out.narrow(0, 3, 1).unwrap(), alone), 0.0, "token 3 alone vs in {rows} rows");
+            }
         }
     }
 }

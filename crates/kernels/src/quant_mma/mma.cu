@@ -2,8 +2,9 @@
 // on BF16/F16 tensor cores (mma.sync m16n8k16, sm_80+). y[c][row] = sum_k W[row][k] * x[c][k]; x
 // and y BF16 or F16, F32 accumulation in the mma's own registers.
 //
-// A block takes 64 weight rows (four row warps of 16, each doubled into two warps that split every
-// half super-block between them), one tile of 8 * NT tokens (NT <= 8) and one slice of the
+// One launch takes up to three matrices of one width (Q, K, V; gate, up). A block takes 64 weight
+// rows of one of them (four row warps of 16, each doubled into two warps that split every half
+// super-block between them), one tile of 8 * NT tokens (NT <= 8) and one slice of the
 // super-blocks (grid.z: small matrices are sliced so the grid fills the GPU, and `mma_reduce_*`
 // adds the slices' F32 partial products in slice order). Token tiles are the fastest grid
 // dimension, so the blocks that read the same weights run side by side and share them through L2.
@@ -321,23 +322,41 @@ __device__ __forceinline__ void load_stage(L& r0, L& r1, const unsigned char* w0
     r1.load(w1 + (st / 2) * BLOCK_BYTES, tig, unit);
 }
 
-// Block (x: a tile of 8 * NT tokens, y: 64 weight rows, z: a slice of the super-blocks). With one
-// slice (gridDim.z == 1) the block stores y; otherwise F32 partial sums into
-// partial[z][rows][nrows], which mma_reduce adds in slice order.
+// Up to three matrices of one width against the same tokens in one launch (Q, K, V; gate, up):
+// row blocks [0, m[0].blocks) are the first matrix's, then the second's, the third's. Their
+// outputs lie one after the other: matrix i's [rows][nrows] at rows * offset in y (and in each
+// slice of partial, which holds [slices][rows][total]).
+struct MmaMatrix {
+    const unsigned char* w;
+    unsigned int nrows;
+    unsigned int format;
+    unsigned int offset;  // output rows of the matrices before this one
+    unsigned int blocks;  // its 64-row blocks
+};
+struct MmaMatrices {
+    MmaMatrix m[3];
+    unsigned int count;  // 1..=3
+    unsigned int total;  // output rows of all of them
+};
+
+// One matrix's block of 64 rows (block_row) against a token tile and a slice of the super-blocks.
+// With one slice (gridDim.z == 1) the block stores y; otherwise F32 partial sums, which
+// mma_reduce adds in slice order.
 template <typename T, int NT, int FORMAT>
-__device__ void mma_matmul(const unsigned char* __restrict__ w, const T* __restrict__ x, T* __restrict__ y,
-                           float* __restrict__ partial, unsigned int nrows, unsigned int k, unsigned int rows) {
+__device__ void mma_matrix(const MmaMatrix& mat, unsigned int block_row, unsigned char* xs, const T* __restrict__ x,
+                           T* __restrict__ y, float* __restrict__ partial, unsigned int total, unsigned int k,
+                           unsigned int rows) {
     constexpr int NTOK = NT * 8;
+    constexpr unsigned int BUFFER = NTOK * TOKEN_STRIDE;
     constexpr unsigned int BLOCK_BYTES = Lane<T, FORMAT>::BLOCK_BYTES;
-    __shared__ __align__(16) unsigned char xs[2][NTOK * TOKEN_STRIDE];
-    const unsigned int nsb = k / 256, tok0 = blockIdx.x * NTOK;
+    const unsigned int nrows = mat.nrows, nsb = k / 256, tok0 = blockIdx.x * NTOK;
     const unsigned int sb_begin = blockIdx.z * nsb / gridDim.z, sb_end = (blockIdx.z + 1) * nsb / gridDim.z;
     const unsigned int gid = threadIdx.x / 4, tig = threadIdx.x % 4;
     const unsigned int row_warp = threadIdx.y % MMA_ROW_WARPS, part = threadIdx.y / MMA_ROW_WARPS;
-    const unsigned int row0 = blockIdx.y * MMA_ROWS + row_warp * 16 + gid;
+    const unsigned int row0 = block_row * MMA_ROWS + row_warp * 16 + gid;
     // Rows past the matrix read the last row (valid memory); their results are not stored.
-    const unsigned char* w0 = w + (unsigned long long)(row0 < nrows ? row0 : nrows - 1) * nsb * BLOCK_BYTES;
-    const unsigned char* w1 = w + (unsigned long long)(row0 + 8 < nrows ? row0 + 8 : nrows - 1) * nsb * BLOCK_BYTES;
+    const unsigned char* w0 = mat.w + (unsigned long long)(row0 < nrows ? row0 : nrows - 1) * nsb * BLOCK_BYTES;
+    const unsigned char* w1 = mat.w + (unsigned long long)(row0 + 8 < nrows ? row0 + 8 : nrows - 1) * nsb * BLOCK_BYTES;
     float acc[NT][4];
 #pragma unroll
     for (int t = 0; t < NT; ++t)
@@ -345,27 +364,51 @@ __device__ void mma_matmul(const unsigned char* __restrict__ w, const T* __restr
         for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
     // Stage st: values 128 st .. + 128, of super-block st / 2; this warp's unit in it.
     const unsigned int st_begin = 2 * sb_begin, st_end = 2 * sb_end;
-    stage_tokens<T, NTOK>(xs[0], x, st_begin, k, rows, tok0);
+    stage_tokens<T, NTOK>(xs, x, st_begin, k, rows, tok0);
     cp_async_commit();
     Lane<T, FORMAT> cur0, cur1;  // this stage's weights; the next one's load during its products
     load_stage(cur0, cur1, w0, w1, st_begin, tig, part);
     for (unsigned int st = st_begin; st < st_end; ++st) {
         const unsigned int buf = (st - st_begin) % 2;
         const bool more = st + 1 < st_end;
-        if (more) stage_tokens<T, NTOK>(xs[buf ^ 1], x, st + 1, k, rows, tok0);
+        if (more) stage_tokens<T, NTOK>(xs + (buf ^ 1) * BUFFER, x, st + 1, k, rows, tok0);
         cp_async_commit();  // possibly empty, so that "all but the newest group" is this stage
         Lane<T, FORMAT> next0 = cur0, next1 = cur1;
         if (more) load_stage(next0, next1, w0, w1, st + 1, tig, part);
         cp_async_wait_one();
         __syncthreads();
-        cur0.template multiply<NT>(cur1, 2 * (st % 2) + part, xs[buf], acc);
-        __syncthreads();  // everyone is done with xs[buf] before the next iteration refills it
+        cur0.template multiply<NT>(cur1, 2 * (st % 2) + part, xs + buf * BUFFER, acc);
+        __syncthreads();  // everyone is done with this buffer before the next iteration refills it
         cur0 = next0;
         cur1 = next1;
     }
-    if (!reduce_parts<NT>(acc, (float*)&xs[0][0])) return;
-    if (gridDim.z == 1) store_tile<T, NT>(acc, y, row0, nrows, tok0, rows);
-    else store_tile<float, NT>(acc, partial + (unsigned long long)blockIdx.z * rows * nrows, row0, nrows, tok0, rows);
+    if (!reduce_parts<NT>(acc, (float*)xs)) return;
+    const unsigned long long out = (unsigned long long)rows * mat.offset;
+    if (gridDim.z == 1) store_tile<T, NT>(acc, y + out, row0, nrows, tok0, rows);
+    else store_tile<float, NT>(acc, partial + (unsigned long long)blockIdx.z * rows * total + out, row0, nrows, tok0, rows);
+}
+
+// Block (x: a tile of 8 * NT tokens, y: 64 rows of one of the matrices, z: a slice of the
+// super-blocks).
+template <typename T, int NT>
+__device__ void mma_group(const MmaMatrices& ms, const T* __restrict__ x, T* __restrict__ y, float* __restrict__ partial,
+                          unsigned int k, unsigned int rows) {
+    __shared__ __align__(16) unsigned char xs[2 * NT * 8 * TOKEN_STRIDE];
+    // This block's matrix, chosen without indexing the parameter array (which would copy it to
+    // local memory).
+    unsigned int block_row = blockIdx.y;
+    MmaMatrix mat;
+    if (ms.count < 2 || block_row < ms.m[0].blocks) {
+        mat = ms.m[0];
+    } else if (ms.count < 3 || block_row < ms.m[0].blocks + ms.m[1].blocks) {
+        mat = ms.m[1];
+        block_row -= ms.m[0].blocks;
+    } else {
+        mat = ms.m[2];
+        block_row -= ms.m[0].blocks + ms.m[1].blocks;
+    }
+    if (mat.format == FORMAT_Q4K) mma_matrix<T, NT, FORMAT_Q4K>(mat, block_row, xs, x, y, partial, ms.total, k, rows);
+    else mma_matrix<T, NT, FORMAT_Q6K>(mat, block_row, xs, x, y, partial, ms.total, k, rows);
 }
 
 // y = the sum of the slices' partial products, in slice order (grid: count / 256 blocks of 256).
@@ -378,23 +421,18 @@ __device__ void mma_reduce(const float* __restrict__ partial, T* __restrict__ y,
     store(y + i, sum);
 }
 
-#define MMA_KERNEL(FMT, FORMAT, SUFFIX, T, NT)                                                           \
-    extern "C" __global__ void __launch_bounds__(32 * MMA_WARPS) mma_##FMT##_##SUFFIX##_##NT(             \
-        const unsigned char* w, const T* x, T* y, float* partial, unsigned int nrows, unsigned int k,     \
-        unsigned int rows) {                                                                              \
-        mma_matmul<T, NT, FORMAT>(w, x, y, partial, nrows, k, rows);                                     \
+#define MMA_KERNEL(SUFFIX, T, NT)                                                                          \
+    extern "C" __global__ void __launch_bounds__(32 * MMA_WARPS) mma_##SUFFIX##_##NT(                       \
+        MmaMatrices matrices, const T* x, T* y, float* partial, unsigned int k, unsigned int rows) {        \
+        mma_group<T, NT>(matrices, x, y, partial, k, rows);                                                \
     }
-#define MMA_TILES(FMT, FORMAT, SUFFIX, T)                                                                 \
-    MMA_KERNEL(FMT, FORMAT, SUFFIX, T, 1) MMA_KERNEL(FMT, FORMAT, SUFFIX, T, 2)                           \
-    MMA_KERNEL(FMT, FORMAT, SUFFIX, T, 3) MMA_KERNEL(FMT, FORMAT, SUFFIX, T, 4)                           \
-    MMA_KERNEL(FMT, FORMAT, SUFFIX, T, 5) MMA_KERNEL(FMT, FORMAT, SUFFIX, T, 6)                           \
-    MMA_KERNEL(FMT, FORMAT, SUFFIX, T, 7) MMA_KERNEL(FMT, FORMAT, SUFFIX, T, 8)
-#define MMA_ALL(SUFFIX, T)                                                                                \
-    extern "C" __global__ void mma_reduce_##SUFFIX(const float* partial, T* y, unsigned int count,       \
-                                                   unsigned int slices) {                                 \
-        mma_reduce<T>(partial, y, count, slices);                                                        \
-    }                                                                                                     \
-    MMA_TILES(q4k, FORMAT_Q4K, SUFFIX, T) MMA_TILES(q6k, FORMAT_Q6K, SUFFIX, T)
+#define MMA_ALL(SUFFIX, T)                                                                                  \
+    extern "C" __global__ void mma_reduce_##SUFFIX(const float* partial, T* y, unsigned int count,         \
+                                                   unsigned int slices) {                                   \
+        mma_reduce<T>(partial, y, count, slices);                                                          \
+    }                                                                                                       \
+    MMA_KERNEL(SUFFIX, T, 1) MMA_KERNEL(SUFFIX, T, 2) MMA_KERNEL(SUFFIX, T, 3) MMA_KERNEL(SUFFIX, T, 4)     \
+    MMA_KERNEL(SUFFIX, T, 5) MMA_KERNEL(SUFFIX, T, 6) MMA_KERNEL(SUFFIX, T, 7) MMA_KERNEL(SUFFIX, T, 8)
 
 MMA_ALL(bf16, bf16)
 MMA_ALL(f16, f16)

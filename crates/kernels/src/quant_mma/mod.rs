@@ -57,15 +57,32 @@ fn gpu_has_bf16_mma(x: &Tensor) -> bool {
     }
 }
 
+/// Most matrices [`quant_mma_group`] takes in one launch (`MmaMatrices` in mma.cu).
+pub const MAX_GROUP: usize = 3;
+
+/// Whether [`quant_mma_group`] handles the matrices `ws` (1..=[`MAX_GROUP`], each [`supported`],
+/// one width) times `x`.
+pub fn group_supported(ws: &[&QTensor], x: &Tensor) -> bool {
+    (1..=MAX_GROUP).contains(&ws.len()) && ws.iter().all(|w| supported(w, x))
+}
+
 /// `x Wᵀ`: `[rows, n]` in `x`'s dtype. Call only where [`supported`] holds.
 pub fn quant_mma(w: &QTensor, x: &Tensor) -> Result<Tensor> {
+    let mut outputs = quant_mma_group(&[w], x)?;
+    Ok(outputs.remove(0))
+}
+
+/// `[x W₀ᵀ, x W₁ᵀ, …]` in one launch (the Q, K, V or gate and up projections of a batched
+/// generation step): fewer launches, and one grid the GPU fills better than several small ones.
+/// Call only where [`group_supported`] holds.
+pub fn quant_mma_group(ws: &[&QTensor], x: &Tensor) -> Result<Vec<Tensor>> {
     #[cfg(feature = "cuda")]
     {
-        cuda::quant_mma(w, x)
+        cuda::quant_mma_group(ws, x)
     }
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = (w, x);
-        Err(crate::KernelError::InvalidMetadata("quant_mma needs the cuda feature".into()))
+        let _ = (ws, x);
+        Err(crate::KernelError::InvalidMetadata("quant_mma_group needs the cuda feature".into()))
     }
 }
