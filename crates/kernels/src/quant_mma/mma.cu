@@ -37,55 +37,39 @@
 
 // ---- the two 16-bit types --------------------------------------------------------------------
 
-// Per type: the exponent byte that makes 0x??bb the value BIAS + b (b < 128), packed pairs, the mma.
+// Per type: the exponent byte that makes 0x??bb the value BIAS + b (b < 128); a packed FMA; x rounded
+// to the type (nearest even) in both halves of a word; the mma. PTX names the type `bf16` or `f16`.
 template <typename T> struct Mma;
-template <> struct Mma<bf16> {
-    static constexpr unsigned int MAGIC = 0x43u;  // 0x43bb = 128 + b
-    static constexpr float BIAS = 128.0f;
-    static __device__ __forceinline__ unsigned int fma2(unsigned int a, unsigned int b, unsigned int c) {
-        unsigned int d;
-        asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-        return d;
-    }
-    static __device__ __forceinline__ void mma(float c[4], const unsigned int a[4], unsigned int b0, unsigned int b1) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-};
-template <> struct Mma<f16> {
-    static constexpr unsigned int MAGIC = 0x64u;  // 0x64bb = 1024 + b
-    static constexpr float BIAS = 1024.0f;
-    static __device__ __forceinline__ unsigned int fma2(unsigned int a, unsigned int b, unsigned int c) {
-        unsigned int d;
-        asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-        return d;
-    }
-    static __device__ __forceinline__ void mma(float c[4], const unsigned int a[4], unsigned int b0, unsigned int b1) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-};
-
-// x rounded to T (nearest even), in both halves of a word: one conversion instruction.
-template <typename T> __device__ __forceinline__ unsigned int splat(float x);
-template <> __device__ __forceinline__ unsigned int splat<bf16>(float x) {
-    unsigned int d;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %1;" : "=r"(d) : "f"(x));
-    return d;
-}
-template <> __device__ __forceinline__ unsigned int splat<f16>(float x) {
-    unsigned int d;
-    asm("cvt.rn.f16x2.f32 %0, %1, %1;" : "=r"(d) : "f"(x));
-    return d;
-}
+#define MMA_TYPE(T, MAGIC_BYTE, BIAS_VALUE)                                                                  \
+    template <> struct Mma<T> {                                                                              \
+        static constexpr unsigned int MAGIC = MAGIC_BYTE;                                                    \
+        static constexpr float BIAS = BIAS_VALUE;                                                            \
+        static __device__ __forceinline__ unsigned int fma2(unsigned int a, unsigned int b, unsigned int c) { \
+            unsigned int d;                                                                                  \
+            asm("fma.rn." #T "x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));                       \
+            return d;                                                                                        \
+        }                                                                                                    \
+        static __device__ __forceinline__ unsigned int splat(float x) {                                      \
+            unsigned int d;                                                                                  \
+            asm("cvt.rn." #T "x2.f32 %0, %1, %1;" : "=r"(d) : "f"(x));                                       \
+            return d;                                                                                        \
+        }                                                                                                    \
+        static __device__ __forceinline__ void mma(float c[4], const unsigned int a[4], unsigned int b0,     \
+                                                   unsigned int b1) {                                        \
+            asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." #T "." #T                                  \
+                         ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"                        \
+                         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                    \
+                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));                    \
+        }                                                                                                    \
+    };
+MMA_TYPE(bf16, 0x43u, 128.0f)  // 0x43bb = 128 + b
+MMA_TYPE(f16, 0x64u, 1024.0f)  // 0x64bb = 1024 + b
 
 // Four small unsigned values (bytes of q, each < 128) as two packed pairs of T holding exactly
 // value - offset: bytes 0, 1 in *lo and 2, 3 in *hi. `unbias` = splat(-(BIAS + offset)), exact.
 template <typename T>
 __device__ __forceinline__ void bytes_to_pairs(unsigned int q, unsigned int unbias, unsigned int* lo, unsigned int* hi) {
-    const unsigned int one = splat<T>(1.0f);
+    const unsigned int one = Mma<T>::splat(1.0f);
     *lo = Mma<T>::fma2(__byte_perm(q, Mma<T>::MAGIC, 0x4140), one, unbias);
     *hi = Mma<T>::fma2(__byte_perm(q, Mma<T>::MAGIC, 0x4342), one, unbias);
 }
@@ -116,7 +100,6 @@ __device__ __forceinline__ void stage_tokens(unsigned char* xs, const T* x, unsi
 }
 
 // The 8 bytes of token t * 8 + gid at values 16 * c16 + 4 tig .. + 3 of the stage: B fragment.
-template <int NT>
 __device__ __forceinline__ uint2 b_fragment(const unsigned char* xs, int t, unsigned int c16) {
     const unsigned int gid = threadIdx.x / 4, tig = threadIdx.x % 4;
     return *(const uint2*)(xs + (t * 8 + gid) * TOKEN_STRIDE + (16 * c16 + 4 * tig) * 2);
@@ -158,15 +141,15 @@ template <typename T>
 __device__ __forceinline__ void q4k_group_scales(const uint4& head, unsigned int g, unsigned int* scale, unsigned int* neg_min) {
     unsigned int sc, mn;
     q4k_scale_min(head, g, &sc, &mn);
-    *scale = splat<T>(h2f((unsigned short)(head.x & 0xffffu)) * (float)sc);
-    *neg_min = splat<T>(-h2f((unsigned short)(head.x >> 16)) * (float)mn);
+    *scale = Mma<T>::splat(h2f((unsigned short)(head.x & 0xffffu)) * (float)sc);
+    *neg_min = Mma<T>::splat(-h2f((unsigned short)(head.x >> 16)) * (float)mn);
 }
 
 // Group pair j (values 64j .. 64j + 64, at 64 (j % 2) in the stage) times the token tile.
 template <typename T, int NT>
 __device__ __forceinline__ void q4k_unit(const Q4KLane& r0, const Q4KLane& r1, unsigned int j,
                                          const unsigned char* xs, float acc[NT][4]) {
-    const unsigned int unbias = splat<T>(-Mma<T>::BIAS);
+    const unsigned int unbias = Mma<T>::splat(-Mma<T>::BIAS);
 #pragma unroll
     for (int v = 0; v < 2; ++v) {
         const int shift = 4 * v;
@@ -185,7 +168,7 @@ __device__ __forceinline__ void q4k_unit(const Q4KLane& r0, const Q4KLane& r1, u
             a[3] = Mma<T>::fma2(a[3], s1, m1);
 #pragma unroll
             for (int t = 0; t < NT; ++t) {
-                const uint2 b = b_fragment<NT>(xs, t, 4 * (j % 2) + 2 * v + c);
+                const uint2 b = b_fragment(xs, t, 4 * (j % 2) + 2 * v + c);
                 Mma<T>::mma(acc[t], a, b.x, b.y);
             }
         }
@@ -239,10 +222,10 @@ __device__ __forceinline__ float q6k_scale(const Q6KLane& l, unsigned int lh, in
 template <typename T, int NT>
 __device__ __forceinline__ void q6k_unit(const Q6KLane& r0, const Q6KLane& r1, unsigned int i,
                                          const unsigned char* xs, float acc[NT][4]) {
-    const unsigned int unbias = splat<T>(-(Mma<T>::BIAS + 32.0f)), zero = 0, lh = i % 2;
+    const unsigned int unbias = Mma<T>::splat(-(Mma<T>::BIAS + 32.0f)), zero = 0, lh = i % 2;
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
-        const unsigned int s0 = splat<T>(q6k_scale(r0, lh, q)), s1 = splat<T>(q6k_scale(r1, lh, q));
+        const unsigned int s0 = Mma<T>::splat(q6k_scale(r0, lh, q)), s1 = Mma<T>::splat(q6k_scale(r1, lh, q));
         unsigned int a[4];
         bytes_to_pairs<T>(q6k_quarter(r0, q), unbias, &a[0], &a[2]);
         bytes_to_pairs<T>(q6k_quarter(r1, q), unbias, &a[1], &a[3]);
@@ -252,7 +235,7 @@ __device__ __forceinline__ void q6k_unit(const Q6KLane& r0, const Q6KLane& r1, u
         a[3] = Mma<T>::fma2(a[3], s1, zero);
 #pragma unroll
         for (int t = 0; t < NT; ++t) {
-            const uint2 b = b_fragment<NT>(xs, t, 2 * q + lh);
+            const uint2 b = b_fragment(xs, t, 2 * q + lh);
             Mma<T>::mma(acc[t], a, b.x, b.y);
         }
     }
