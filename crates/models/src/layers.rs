@@ -136,23 +136,12 @@ fn quant_mma_enabled() -> bool {
     *ENABLED.get_or_init(|| std::env::var("HEARTH_QUANT_MMA").map_or(true, |v| v.trim() != "0"))
 }
 
-/// Whether `x Wᵀ` goes to `quant_mma`: batched generation steps, from one row more than the
-/// matvec kernels take up to the dequantize-and-GEMM threshold.
-fn takes_quant_mma(q: &QTensor, x: &Tensor) -> Result<bool> {
+/// Whether `x`'s rows are a batched generation step for `quant_mma` (where its kernels support
+/// the weights): from one row more than the matvec kernels take up to the dequantize-and-GEMM
+/// threshold.
+fn quant_mma_rows(x: &Tensor) -> Result<bool> {
     let rows = x.dim(0)?;
-    Ok(quant_mma_enabled()
-        && rows > quant_matvec::MAX_ROWS
-        && dequantized_gemm_min_rows().is_none_or(|gemm_rows| rows < gemm_rows)
-        && quant_mma::supported(q, x))
-}
-
-fn all_take_quant_mma(qs: &[&QTensor], x: &Tensor) -> Result<bool> {
-    for q in qs {
-        if !takes_quant_mma(q, x)? {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+    Ok(quant_mma_enabled() && rows > quant_matvec::MAX_ROWS && dequantized_gemm_min_rows().is_none_or(|gemm_rows| rows < gemm_rows))
 }
 
 /// `x Wᵀ` with `W` dequantized for this call (`[n, k]`, a transient buffer): one cuBLAS GEMM on
@@ -185,7 +174,7 @@ fn candle_matmul(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
                     return dequantized_gemm(q, &x);
                 }
             }
-            if takes_quant_mma(q, &x)? {
+            if quant_mma_rows(&x)? && quant_mma::supported(q, &x) {
                 return Ok(quant_mma::quant_mma(q, &x)?);
             }
             let direct = matches!(
@@ -257,7 +246,7 @@ impl Linear {
             Some(qs) if N > 1 && !x.device().is_cpu() => {
                 if quant_matvec::group_supported(qs, x) {
                     Some(quant_matvec::quant_matvec_group(qs, x)?)
-                } else if qs.len() <= quant_mma::MAX_GROUP && all_take_quant_mma(qs, x)? {
+                } else if quant_mma_rows(x)? && quant_mma::group_supported(qs, x) {
                     Some(quant_mma::quant_mma_group(qs, x)?)
                 } else {
                     None
