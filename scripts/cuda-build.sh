@@ -5,6 +5,7 @@
 #   .device-bin/hearth.xz               the CLI
 #   .device-bin/hearth-kernels-tests.xz the kernels crate's test binary (CUDA tests included)
 #   .device-bin/hearth-models-golden.xz  the golden-logits tests (CPU, then CUDA F32 and BF16)
+#   .device-bin/hearth-models-{tp,gpu-layers}.xz, hearth-engine-batch-invariance.xz  GPU tests
 # scripts/device-unpack.sh restores them next to the .xz files (xz or Python's lzma).
 #
 #   CARGO_TARGET_DIR  default ~/.cache/hearth/target-cuda (kept apart from the CPU build)
@@ -55,5 +56,6 @@ if [ "${HEARTH_CUDA_SKIP_TESTS:-0}" != 1 ]; then
   test_binary hearth-models-golden golden -p hearth-models --features hearth-kernels/cuda,candle-nn/cuda --test golden
   test_binary hearth-models-tp tensor_parallel -p hearth-models --features hearth-kernels/cuda,candle-nn/cuda --test tensor_parallel
   test_binary hearth-models-gpu-layers gpu_layers -p hearth-models --features hearth-kernels/cuda,candle-nn/cuda --test gpu_layers
+  test_binary hearth-engine-batch-invariance batch_invariance -p hearth-engine --features hearth-kernels/cuda,candle-nn/cuda --test batch_invariance
 fi
 du -sh "$OUT" >&2

@@ -1,14 +1,18 @@
 //! Batch invariance of the serving engine: a prompt's greedy tokens and log-probabilities are
 //! the same when it runs alone, in a batch of mixed lengths, with a prefix-cache hit, with
 //! chunked prefill, and after preemption and recompute. Runs the golden tiny models (all five
-//! architectures; Gemma 3's sliding window is 4 tokens) and SmolLM2.
+//! architectures; Gemma 3's sliding window is 4 tokens) and SmolLM2 on the CPU, and the golden
+//! models on a GPU in batch-invariant mode (`hearth_models::numerics`; skipped without a GPU
+//! unless `HEARTH_REQUIRE_GPU=1`; `HEARTH_TEST_TOKENIZER` may name a GGUF with SmolLM2's
+//! vocabulary where the SmolLM2 asset is not at hand).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device};
 use hearth_engine::serve::{EngineConfig, EngineHandle, EngineRequest, FinishReason, KvPoolParams, LocalExecutor, ModelInfo, StepLimits};
-use hearth_models::{LoadOptions, ModelFiles};
+use hearth_models::{LoadOptions, ModelFiles, QuantizeTo};
 use hearth_tokenizer::{BosPolicy, Tokenizer};
 
 /// Log-probabilities are computed from F32 logits; batching must not move them beyond this.
@@ -29,8 +33,37 @@ fn smollm2() -> PathBuf {
 }
 
 fn smollm2_tokenizer() -> Arc<Tokenizer> {
-    let files = ModelFiles::open(&smollm2()).unwrap();
-    Arc::new(Tokenizer::from_gguf(&files.gguf.as_ref().unwrap().content).unwrap())
+    let path = std::env::var_os("HEARTH_TEST_TOKENIZER").map_or_else(smollm2, PathBuf::from);
+    let mut file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    Arc::new(Tokenizer::from_gguf(&content).unwrap())
+}
+
+/// Where the model runs: the device, its activation/KV dtype, and an optional load-time
+/// quantization of the weights.
+#[derive(Clone)]
+struct Target {
+    device: Device,
+    dtype: DType,
+    quantize: Option<QuantizeTo>,
+}
+
+const CPU: Target = Target { device: Device::Cpu, dtype: DType::F32, quantize: None };
+
+/// The first GPU in batch-invariant mode with BF16 activations, or `None` (the test passes)
+/// without one unless `HEARTH_REQUIRE_GPU=1`.
+fn gpu_target() -> Option<Target> {
+    match Device::new_cuda(0) {
+        Ok(device) => {
+            hearth_models::numerics::set_batch_invariant(true);
+            Some(Target { device, dtype: DType::BF16, quantize: None })
+        }
+        Err(e) if std::env::var("HEARTH_REQUIRE_GPU").is_ok_and(|v| v == "1") => panic!("HEARTH_REQUIRE_GPU=1 but no CUDA device: {e}"),
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -43,16 +76,17 @@ struct Limits {
 
 const ROOMY: Limits = Limits { block_size: 4, num_blocks: 512, max_num_batched_tokens: 4096, max_num_seqs: 64 };
 
-fn start(model_path: &Path, tokenizer: Arc<Tokenizer>, limits: Limits) -> EngineHandle {
-    let loaded = ModelFiles::open(model_path).unwrap().load(&LoadOptions::default()).unwrap();
+fn start(model_path: &Path, tokenizer: Arc<Tokenizer>, limits: Limits, target: &Target) -> EngineHandle {
+    let options = LoadOptions { device: target.device.clone(), dtype: target.dtype, quantize: target.quantize };
+    let loaded = ModelFiles::open(model_path).unwrap().load(&options).unwrap();
     let config = loaded.model.config.clone();
-    let pool = KvPoolParams { num_blocks: limits.num_blocks, block_size: limits.block_size, dtype: DType::F32 };
+    let pool = KvPoolParams { num_blocks: limits.num_blocks, block_size: limits.block_size, dtype: target.dtype };
     let step_limits = StepLimits {
         max_num_seqs: limits.max_num_seqs,
         max_num_batched_tokens: limits.max_num_batched_tokens,
         max_model_len: config.context_length,
     };
-    let executor = LocalExecutor::new(loaded.model, pool, step_limits, &Device::Cpu).unwrap();
+    let executor = LocalExecutor::new(loaded.model, pool, step_limits, &target.device).unwrap();
     let info = ModelInfo {
         name: "test".into(),
         architecture: config.arch.name().to_string(),
@@ -130,29 +164,30 @@ fn assert_same(label: &str, prompt_idx: usize, got: &Output, want: &Output) {
 }
 
 /// Runs `prompts` under every scenario and compares each with the prompt run alone.
-fn check_invariance(model_path: &Path, tokenizer: Arc<Tokenizer>, prompts: &[Vec<u32>], max_tokens: usize) {
+fn check_invariance(model_path: &Path, tokenizer: Arc<Tokenizer>, prompts: &[Vec<u32>], max_tokens: usize, target: &Target) {
+    let start = |tokenizer: Arc<Tokenizer>, limits| start(model_path, tokenizer, limits, target);
     let alone: Vec<Output> = prompts
         .iter()
-        .map(|prompt| run(&start(model_path, tokenizer.clone(), ROOMY), std::slice::from_ref(prompt), max_tokens).remove(0))
+        .map(|prompt| run(&start(tokenizer.clone(), ROOMY), std::slice::from_ref(prompt), max_tokens).remove(0))
         .collect();
     for output in &alone {
         assert_eq!(output.token_ids.len(), max_tokens);
         assert_eq!(output.num_cached_tokens, 0);
     }
 
-    let batched = run(&start(model_path, tokenizer.clone(), ROOMY), prompts, max_tokens);
+    let batched = run(&start(tokenizer.clone(), ROOMY), prompts, max_tokens);
     for (idx, output) in batched.iter().enumerate() {
         assert_same("mixed batch", idx, output, &alone[idx]);
     }
 
     let chunked_limits = Limits { max_num_batched_tokens: 5, ..ROOMY };
-    let chunked = run(&start(model_path, tokenizer.clone(), chunked_limits), prompts, max_tokens);
+    let chunked = run(&start(tokenizer.clone(), chunked_limits), prompts, max_tokens);
     for (idx, output) in chunked.iter().enumerate() {
         assert_same("chunked prefill", idx, output, &alone[idx]);
     }
 
     // The same prompts again on a warm engine hit the prefix cache.
-    let warm = start(model_path, tokenizer.clone(), ROOMY);
+    let warm = start(tokenizer.clone(), ROOMY);
     run(&warm, prompts, max_tokens);
     let cached = run(&warm, prompts, max_tokens);
     for (idx, output) in cached.iter().enumerate() {
@@ -163,7 +198,7 @@ fn check_invariance(model_path: &Path, tokenizer: Arc<Tokenizer>, prompts: &[Vec
     // A pool that holds only the longest request alone forces preemption and recompute.
     let longest = prompts.iter().map(Vec::len).max().unwrap() + max_tokens;
     let tight = Limits { num_blocks: longest.div_ceil(ROOMY.block_size) + 1, ..ROOMY };
-    let preempting = start(model_path, tokenizer.clone(), tight);
+    let preempting = start(tokenizer.clone(), tight);
     let recomputed = run(&preempting, prompts, max_tokens);
     assert!(preempting.stats().num_preemptions > 0, "the tight pool never preempted");
     for (idx, output) in recomputed.iter().enumerate() {
@@ -180,27 +215,27 @@ fn synthetic_prompts() -> Vec<Vec<u32>> {
 
 #[test]
 fn golden_llama_is_batch_invariant() {
-    check_invariance(&golden_model("llama"), smollm2_tokenizer(), &synthetic_prompts(), 10);
+    check_invariance(&golden_model("llama"), smollm2_tokenizer(), &synthetic_prompts(), 10, &CPU);
 }
 
 #[test]
 fn golden_qwen2_is_batch_invariant() {
-    check_invariance(&golden_model("qwen2"), smollm2_tokenizer(), &synthetic_prompts(), 10);
+    check_invariance(&golden_model("qwen2"), smollm2_tokenizer(), &synthetic_prompts(), 10, &CPU);
 }
 
 #[test]
 fn golden_qwen3_is_batch_invariant() {
-    check_invariance(&golden_model("qwen3"), smollm2_tokenizer(), &synthetic_prompts(), 10);
+    check_invariance(&golden_model("qwen3"), smollm2_tokenizer(), &synthetic_prompts(), 10, &CPU);
 }
 
 #[test]
 fn golden_gemma3_sliding_window_is_batch_invariant() {
-    check_invariance(&golden_model("gemma3"), smollm2_tokenizer(), &synthetic_prompts(), 10);
+    check_invariance(&golden_model("gemma3"), smollm2_tokenizer(), &synthetic_prompts(), 10, &CPU);
 }
 
 #[test]
 fn golden_phi3_is_batch_invariant() {
-    check_invariance(&golden_model("phi3"), smollm2_tokenizer(), &synthetic_prompts(), 10);
+    check_invariance(&golden_model("phi3"), smollm2_tokenizer(), &synthetic_prompts(), 10, &CPU);
 }
 
 #[test]
@@ -213,5 +248,18 @@ fn smollm2_is_batch_invariant() {
         "def fibonacci(n):",
     ];
     let prompts: Vec<Vec<u32>> = texts.iter().map(|t| tokenizer.encode(t, BosPolicy::AddIfModelDoes).unwrap()).collect();
-    check_invariance(&smollm2(), tokenizer, &prompts, 8);
+    check_invariance(&smollm2(), tokenizer, &prompts, 8, &CPU);
+}
+
+/// Batch-invariant mode on a GPU: every architecture with its dense weights (BF16, `dense_mma`),
+/// and Llama with Q8_0 weights (dequantized per product); tokens and log-probabilities must be
+/// the same in every scenario, as on the CPU.
+#[test]
+fn gpu_batch_invariant_mode_holds() {
+    let Some(gpu) = gpu_target() else { return };
+    for arch in ["llama", "qwen2", "qwen3", "gemma3", "phi3"] {
+        check_invariance(&golden_model(arch), smollm2_tokenizer(), &synthetic_prompts(), 10, &gpu);
+    }
+    let q8 = Target { quantize: Some(QuantizeTo::Q8_0), ..gpu };
+    check_invariance(&golden_model("llama"), smollm2_tokenizer(), &synthetic_prompts(), 10, &q8);
 }

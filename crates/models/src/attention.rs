@@ -6,10 +6,12 @@
 
 use candle_core::Tensor;
 use hearth_kernels::fused::{self, RopeKvInputs};
+use hearth_kernels::paged_attention::{paged_attention_with, split::SplitChoice};
 use hearth_kernels::{paged_attention, prefill_attention, write_kv, AttentionLayout, SequenceSpan};
 
 use crate::forward_batch::ForwardBatch;
 use crate::layers::{Linear, RmsNorm, Rope};
+use crate::numerics;
 use crate::Result;
 
 /// Q, K and V projections, separate or fused in one matrix (Phi-3).
@@ -86,7 +88,13 @@ impl Attention {
 /// kernels compute the same attention (each is bound to the reference by GPU tests); on the CPU
 /// both are the same op. Replayed device graphs hold only generation rows, so they run the
 /// paged kernel alone, as recorded.
+///
+/// Batch-invariant mode ([`crate::numerics`]): every row through paged attention's one-block
+/// path, so a row's result depends on its own context alone.
 pub fn attend(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, layout: &AttentionLayout) -> Result<Tensor> {
+    if q.device().is_cuda() && numerics::batch_invariant() {
+        return Ok(paged_attention_with(q, k_cache, v_cache, layout, SplitChoice::Fixed(1))?);
+    }
     let is_prompt = |s: &SequenceSpan| s.num_query_tokens > 1;
     let (prompts, generations): (Vec<&SequenceSpan>, Vec<&SequenceSpan>) = layout.sequences.iter().partition(|s| is_prompt(s));
     if prompts.is_empty() {

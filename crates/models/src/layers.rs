@@ -11,6 +11,7 @@ use hearth_kernels::fused::{self, GatedActivation};
 use hearth_kernels::{dense_matvec, quant_matvec, quant_mma, QuantizedMatrix};
 
 use crate::config::{Activation, ModelConfig, RopeScaling};
+use crate::numerics;
 use crate::Result;
 
 /// A weight matrix as stored for compute: candle's dense/quantized matmul, or hearth's own
@@ -149,6 +150,27 @@ fn quant_mma_rows(x: &Tensor) -> Result<bool> {
 /// dtype (BF16 or F16), so the activations and the result are not cast; other block types go to
 /// F16 through candle, with `x` cast to F16 and the result back (as llama.cpp's cuBLAS path does).
 /// Bound to the dequantize-to-F32 product by `tests/gpu_layers.rs`.
+/// Batch-invariant mode's product ([`crate::numerics`]): one kernel for every row count —
+/// `quant_mma` for Q4_K/Q6_K, `dense_mma` (the same kernel) for dense weights (cast to the
+/// activations' type when stored in another) and for every other block type (dequantized to the
+/// activations' type for this call).
+fn batch_invariant_matmul(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let dense = match w {
+        QMatMul::QTensor(q) if quant_mma::supported(q, &x) => return Ok(quant_mma::quant_mma(q, &x)?),
+        QMatMul::QTensor(q) if quant_matvec::dequantize_supported(q, x.dtype()) => quant_matvec::dequantize_16bit(q, x.dtype())?,
+        QMatMul::QTensor(q) => q.dequantize(x.device())?.to_dtype(x.dtype())?,
+        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.to_dtype(x.dtype())?,
+    };
+    if !quant_mma::dense_supported(&dense, &x) {
+        return Err(crate::ModelError::Unsupported(format!(
+            "batch-invariant mode needs BF16 or F16 activations on a GPU of compute capability 8.0 or newer (activations are {:?})",
+            x.dtype()
+        )));
+    }
+    Ok(quant_mma::dense_mma(&dense, &x)?)
+}
+
 pub fn dequantized_gemm(q: &QTensor, x: &Tensor) -> Result<Tensor> {
     if quant_matvec::dequantize_supported(q, x.dtype()) {
         let w = quant_matvec::dequantize_16bit(q, x.dtype())?;
@@ -162,6 +184,9 @@ pub fn dequantized_gemm(q: &QTensor, x: &Tensor) -> Result<Tensor> {
 /// for the common block types and return the activation dtype; the remaining types (Q8_1,
 /// Q8K) run in F32.
 fn candle_matmul(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cuda() && numerics::batch_invariant() {
+        return batch_invariant_matmul(w, x);
+    }
     match w {
         QMatMul::QTensor(q) if !x.device().is_cpu() => {
             let x = x.contiguous()?;
@@ -244,9 +269,10 @@ impl Linear {
         let quantized: Option<Vec<&QTensor>> = linears.iter().map(|linear| linear.candle_qtensor()).collect();
         let grouped = match &quantized {
             Some(qs) if N > 1 && !x.device().is_cpu() => {
-                if quant_matvec::group_supported(qs, x) {
+                let invariant = numerics::batch_invariant();
+                if !invariant && quant_matvec::group_supported(qs, x) {
                     Some(quant_matvec::quant_matvec_group(qs, x)?)
-                } else if quant_mma_rows(x)? && quant_mma::group_supported(qs, x) {
+                } else if (invariant || quant_mma_rows(x)?) && quant_mma::group_supported(qs, x) {
                     Some(quant_mma::quant_mma_group(qs, x)?)
                 } else {
                     None
@@ -494,7 +520,8 @@ impl Mlp {
     fn gated_matvec(&self, x: &Tensor) -> Result<Option<Tensor>> {
         let GateUp::Separate { gate, up } = &self.gate_up else { return Ok(None) };
         let (Some(g), Some(u)) = (gate.candle_qtensor(), up.candle_qtensor()) else { return Ok(None) };
-        if gate.bias.is_some() || up.bias.is_some() || !quant_matvec::gated_supported(g, u, x) {
+        // Batch-invariant mode: the gated matvec rounds differently from the batched products.
+        if gate.bias.is_some() || up.bias.is_some() || numerics::batch_invariant() || !quant_matvec::gated_supported(g, u, x) {
             return Ok(None);
         }
         Ok(Some(quant_matvec::quant_matvec_gated(g, u, x, self.gated_activation())?))

@@ -22,6 +22,7 @@ pub mod forward_batch;
 pub mod kv_cache;
 pub mod layers;
 pub mod loader;
+pub mod numerics;
 pub mod pipeline_stage;
 pub mod tensor_parallel;
 pub mod transformer;

@@ -11,7 +11,8 @@ use hearth_engine::serve::{
     EngineConfig, EngineHandle, Executor, KvPoolParams, KvPoolPlan, LocalExecutor, ModelInfo, StepLimits, TensorParallelExecutor,
 };
 use hearth_models::tensor_parallel::{GroupParams, TensorParallelGroup};
-use hearth_models::ModelFormat;
+use candle_core::DType;
+use hearth_models::{numerics, ModelFormat};
 use hearth_server::ServeOptions;
 
 use crate::device::DeviceChoice;
@@ -90,6 +91,12 @@ pub struct ServeArgs {
     /// step at a time).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub pipeline_depth: Option<u16>,
+    /// One kernel per operation whatever the batch, so that a request's tokens and
+    /// log-probabilities do not depend on what it shares its steps with, nor on prefix-cache
+    /// hits (GPU: slower prompts and single-sequence steps; the CPU is batch-invariant anyway).
+    /// `HEARTH_BATCH_INVARIANT=1` does the same.
+    #[arg(long)]
+    pub batch_invariant: bool,
 }
 
 /// `--max-batched-tokens` when it is not given. H100, 8B Q4_K_M, 64 concurrent 1,057-token
@@ -122,7 +129,26 @@ pub fn run(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// Turns batch-invariant mode on for `--batch-invariant`, and refuses the setups where it would
+/// not hold.
+fn set_up_batch_invariance(args: &ServeArgs) -> Result<()> {
+    if args.batch_invariant {
+        numerics::set_batch_invariant(true);
+    }
+    if !numerics::batch_invariant() {
+        return Ok(());
+    }
+    if args.prefill_node.is_some() || !args.stages.is_empty() || !args.pipeline_peers.is_empty() {
+        bail!("batch-invariant mode cannot be combined with pipeline stages or --prefill-node yet: the other processes choose their own kernels");
+    }
+    if args.tensor_parallel > 1 && matches!(args.model.device, DeviceChoice::Cuda { .. }) {
+        bail!("batch-invariant mode cannot be combined with --tensor-parallel on GPUs yet: NCCL's reduction order depends on the message size");
+    }
+    Ok(())
+}
+
 fn start_engine(args: &ServeArgs) -> Result<EngineHandle> {
+    set_up_batch_invariance(args)?;
     let path = store::resolve(args.model.model.as_deref())?;
     let files = open_files(&path)?;
     let tokenizer = Arc::new(tokenizer_for(&files)?);
@@ -171,6 +197,9 @@ fn start_engine(args: &ServeArgs) -> Result<EngineHandle> {
         (Box::new(TensorParallelExecutor::new(group)), pool, max_model_len)
     } else {
         let (compute, load_options) = args.model.device_and_load_options()?;
+        if numerics::batch_invariant() && compute.device.is_cuda() && compute.dtype != DType::BF16 {
+            bail!("batch-invariant mode needs a GPU of compute capability 8.0 or newer (its BF16 tensor-core kernels)");
+        }
         let loaded = files
             .load(&load_options)
             .with_context(|| format!("loading {} on {}", path.display(), args.model.device))?;

@@ -1,13 +1,14 @@
 //! Launches `mma.cu`: the tensor-core product (and, for sliced matrices, the sum of the slices) as
-//! a custom op on the activations whose CUDA body reads the `QTensor`'s blocks by device pointer.
+//! a custom op on the activations whose CUDA body reads the `QTensor`'s blocks by device pointer,
+//! or as a custom op on (dense weight, activations).
 
 use std::sync::OnceLock;
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape, Tensor};
 
 use super::{CUDA_SOURCE, MAX_GROUP, TOKENS_PER_TILE};
 use crate::nvrtc::{contiguous_view, CudaModule};
@@ -44,6 +45,11 @@ pub fn has_bf16_mma(device: &Device) -> bool {
     let Device::Cuda(dev) = device else { return false };
     *ANSWER.get_or_init(|| matches!(dev.cuda_stream().context().compute_capability(), Ok((major, _)) if major >= 8))
 }
+
+/// `MmaMatrix::format` (`FORMAT_*` in mma.cu).
+const FORMAT_Q4K: u32 = 0;
+const FORMAT_Q6K: u32 = 1;
+const FORMAT_DENSE: u32 = 2;
 
 /// One matrix of a launch (`MmaMatrix` in mma.cu).
 #[repr(C)]
@@ -84,9 +90,10 @@ impl CustomOp1 for QuantMma<'_> {
     }
 
     fn cuda_fwd(&self, x: &CudaStorage, x_l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let matrices = self.matrices(x_l.shape().dims2()?.1)?;
         match x.dtype() {
-            DType::BF16 => self.launch::<half::bf16>(x, x_l, "bf16"),
-            DType::F16 => self.launch::<half::f16>(x, x_l, "f16"),
+            DType::BF16 => launch::<half::bf16>(matrices, x, x_l, "bf16"),
+            DType::F16 => launch::<half::f16>(matrices, x, x_l, "f16"),
             other => candle_core::bail!("quant_mma: activations must be BF16 or F16, got {other:?}"),
         }
     }
@@ -100,8 +107,8 @@ impl QuantMma<'_> {
         let mut matrices = MmaMatrices { count: self.ws.len() as u32, ..Default::default() };
         for (slot, w) in matrices.m.iter_mut().zip(self.ws) {
             let format = match w.dtype() {
-                GgmlDType::Q4K => 0,
-                GgmlDType::Q6K => 1,
+                GgmlDType::Q4K => FORMAT_Q4K,
+                GgmlDType::Q6K => FORMAT_Q6K,
                 other => candle_core::bail!("quant_mma: no kernel for {other:?}"),
             };
             let (n, w_k) = w.shape().dims2()?;
@@ -119,49 +126,90 @@ impl QuantMma<'_> {
         }
         Ok(matrices)
     }
+}
 
-    fn launch<T: CudaDType + DeviceRepr>(&self, x: &CudaStorage, x_l: &Layout, suffix: &str) -> candle_core::Result<(CudaStorage, Shape)> {
-        let (rows, k) = x_l.shape().dims2()?;
-        if k % 256 != 0 || rows == 0 {
-            candle_core::bail!("quant_mma: activations {rows}x{k}");
-        }
-        let matrices = self.matrices(k)?;
-        let (total, row_blocks) = (matrices.total as usize, matrices.m.iter().map(|m| m.blocks).sum::<u32>());
-        // Token tiles of 8 * tiles_of_8 rows (the last one padded with zeros in shared memory).
-        let tiles_of_8 = rows.min(TOKENS_PER_TILE).div_ceil(8);
-        let tiles = rows.div_ceil(8 * tiles_of_8);
-        let xv = contiguous_view::<T>(x, x_l, "quant_mma: activations")?;
-        let dev = x.device().clone();
-        // SAFETY: the product writes every output element (rows x total).
-        let out = unsafe { dev.alloc::<T>(rows * total)? };
-        let (rows_u32, k_u32) = (rows as u32, k as u32);
-        let slices = slices_for(row_blocks as usize, k);
-        // SAFETY: with several slices every slice writes its rows x total partial products.
-        let partial = unsafe { dev.alloc::<f32>(if slices > 1 { slices * rows * total } else { 1 })? };
-        let product = MODULE.function(x, &format!("mma_{suffix}_{tiles_of_8}"))?;
-        let cfg = LaunchConfig {
-            grid_dim: (tiles as u32, row_blocks, slices as u32),
-            block_dim: (32, WARPS_PER_BLOCK, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut b = product.builder();
-        b.arg(&matrices).arg(&xv).arg(&out).arg(&partial).arg(&k_u32).arg(&rows_u32);
-        // SAFETY: matches `mma_*_NT` with NT = tiles_of_8; each weight pointer covers its nrows
-        // rows of k / 256 blocks (candle's QTensor of shape [nrows, k]); xv is rows x k; out is
-        // rows x total; partial is slices x rows x total when slices > 1 (and unused otherwise).
-        unsafe { b.launch(cfg) }.w()?;
-        if slices > 1 {
-            let count = (rows * total) as u32;
-            let reduce = MODULE.function(x, &format!("mma_reduce_{suffix}"))?;
-            let cfg = LaunchConfig { grid_dim: (count.div_ceil(256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-            let mut b = reduce.builder();
-            let slices_u32 = slices as u32;
-            b.arg(&partial).arg(&out).arg(&count).arg(&slices_u32);
-            // SAFETY: matches `mma_reduce_*`: partial holds slices x count floats, out count elements.
-            unsafe { b.launch(cfg) }.w()?;
-        }
-        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(rows * total)))
+/// `x Wᵀ` for a dense weight `W` (`[n, k]`) of the activations' type, one matrix per launch.
+struct DenseMma;
+
+impl CustomOp2 for DenseMma {
+    fn name(&self) -> &'static str {
+        "dense-mma"
     }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("dense_mma has only a CUDA body")
+    }
+
+    fn cuda_fwd(&self, w: &CudaStorage, w_l: &Layout, x: &CudaStorage, x_l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        match (w.dtype(), x.dtype()) {
+            (DType::BF16, DType::BF16) => dense_launch::<half::bf16>((w, w_l), (x, x_l), "bf16"),
+            (DType::F16, DType::F16) => dense_launch::<half::f16>((w, w_l), (x, x_l), "f16"),
+            (w, x) => candle_core::bail!("dense_mma: weights {w:?} and activations {x:?} must both be BF16 or F16"),
+        }
+    }
+}
+
+fn dense_launch<T: CudaDType + DeviceRepr>(w: (&CudaStorage, &Layout), x: (&CudaStorage, &Layout), suffix: &str) -> candle_core::Result<(CudaStorage, Shape)> {
+    let (n, k) = w.1.shape().dims2()?;
+    let x_k = x.1.shape().dims2()?.1;
+    if x_k != k || n == 0 {
+        candle_core::bail!("dense_mma: weight {n}x{k} against activations of width {x_k}");
+    }
+    if !w.1.start_offset().is_multiple_of(4) {
+        candle_core::bail!("dense_mma: the weight must start on an 8-byte boundary");
+    }
+    let wv = contiguous_view::<T>(w.0, w.1, "dense_mma: weight")?;
+    let stream = w.0.device().cuda_stream();
+    // The guard keeps the weight's pointer valid (and ordered on the stream) through the launch.
+    let (ptr, _guard) = wv.device_ptr(&stream);
+    let matrix = MmaMatrix { w: ptr, nrows: n as u32, format: FORMAT_DENSE, offset: 0, blocks: (n as u32).div_ceil(ROWS_PER_BLOCK) };
+    let matrices = MmaMatrices { m: [matrix, MmaMatrix::default(), MmaMatrix::default()], count: 1, total: n as u32 };
+    launch::<T>(matrices, x.0, x.1, suffix)
+}
+
+/// The product of `matrices` (their pointers valid for the launch) with the activations `x`
+/// (`[rows, k]`, k a multiple of 256): a flat `[rows * total]` result.
+fn launch<T: CudaDType + DeviceRepr>(matrices: MmaMatrices, x: &CudaStorage, x_l: &Layout, suffix: &str) -> candle_core::Result<(CudaStorage, Shape)> {
+    let (rows, k) = x_l.shape().dims2()?;
+    if k % 256 != 0 || rows == 0 {
+        candle_core::bail!("quant_mma: activations {rows}x{k}");
+    }
+    let (total, row_blocks) = (matrices.total as usize, matrices.m.iter().map(|m| m.blocks).sum::<u32>());
+    // Token tiles of 8 * tiles_of_8 rows (the last one padded with zeros in shared memory).
+    let tiles_of_8 = rows.min(TOKENS_PER_TILE).div_ceil(8);
+    let tiles = rows.div_ceil(8 * tiles_of_8);
+    let xv = contiguous_view::<T>(x, x_l, "quant_mma: activations")?;
+    let dev = x.device().clone();
+    // SAFETY: the product writes every output element (rows x total).
+    let out = unsafe { dev.alloc::<T>(rows * total)? };
+    let (rows_u32, k_u32) = (rows as u32, k as u32);
+    let slices = slices_for(row_blocks as usize, k);
+    // SAFETY: with several slices every slice writes its rows x total partial products.
+    let partial = unsafe { dev.alloc::<f32>(if slices > 1 { slices * rows * total } else { 1 })? };
+    let product = MODULE.function(x, &format!("mma_{suffix}_{tiles_of_8}"))?;
+    let cfg = LaunchConfig {
+        grid_dim: (tiles as u32, row_blocks, slices as u32),
+        block_dim: (32, WARPS_PER_BLOCK, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut b = product.builder();
+    b.arg(&matrices).arg(&xv).arg(&out).arg(&partial).arg(&k_u32).arg(&rows_u32);
+    // SAFETY: matches `mma_*_NT` with NT = tiles_of_8; each weight pointer covers its nrows
+    // rows of k / 256 blocks (candle's QTensor of shape [nrows, k], or a dense [nrows, k] of T,
+    // 8-byte aligned); xv is rows x k; out is
+    // rows x total; partial is slices x rows x total when slices > 1 (and unused otherwise).
+    unsafe { b.launch(cfg) }.w()?;
+    if slices > 1 {
+        let count = (rows * total) as u32;
+        let reduce = MODULE.function(x, &format!("mma_reduce_{suffix}"))?;
+        let cfg = LaunchConfig { grid_dim: (count.div_ceil(256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let mut b = reduce.builder();
+        let slices_u32 = slices as u32;
+        b.arg(&partial).arg(&out).arg(&count).arg(&slices_u32);
+        // SAFETY: matches `mma_reduce_*`: partial holds slices x count floats, out count elements.
+        unsafe { b.launch(cfg) }.w()?;
+    }
+    Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(rows * total)))
 }
 
 pub fn quant_mma_group(ws: &[&QTensor], x: &Tensor) -> Result<Vec<Tensor>> {
@@ -176,4 +224,10 @@ pub fn quant_mma_group(ws: &[&QTensor], x: &Tensor) -> Result<Vec<Tensor>> {
         offset += rows * n;
     }
     Ok(outputs)
+}
+
+pub fn dense_mma(w: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let (rows, n) = (x.dim(0)?, w.dim(0)?);
+    Ok(w.apply_op2_no_bwd(&x, &DenseMma)?.reshape((rows, n))?)
 }

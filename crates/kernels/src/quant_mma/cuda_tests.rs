@@ -1,5 +1,5 @@
 //! Binds the tensor-core kernels to the F32 product of the dequantized weights on the GPU
-//! (Q4_K/Q6_K, BF16/F16, one to several token tiles, ragged weight heights, one or more slices), checks that each
+//! (Q4_K/Q6_K and dense, BF16/F16, one to several token tiles, ragged weight heights, one or more slices), checks that each
 //! token's result does not depend on the batch around it, and that the source compiles with
 //! NVRTC. Without a GPU the device tests print why and pass, unless `HEARTH_REQUIRE_GPU=1`.
 
@@ -26,7 +26,9 @@ fn nvrtc_compiles_the_mma_source() {
 fn activations(rows: usize, k: usize, dtype: DType, device: &Device) -> Tensor {
     let mut values = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
     values[0][5] = 40.0;
-    values[rows - 1][64..96].fill(0.0);
+    if k >= 96 {
+        values[rows - 1][64..96].fill(0.0);
+    }
     Tensor::new(values, device).unwrap().to_dtype(dtype).unwrap()
 }
 
@@ -67,9 +69,10 @@ fn each_token_is_independent_of_its_batch() {
     let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
     for format in [GgmlDType::Q4K, GgmlDType::Q6K] {
         let q = QTensor::quantize_onto(&w, format, &device).unwrap();
-        let x = activations(80, k, DType::BF16, &device);
+        // several 64-token tiles: batch-invariant mode sends prompt chunks here too
+        let x = activations(200, k, DType::BF16, &device);
         let whole = quant_mma(&q, &x).unwrap();
-        for (start, len) in [(0, 1), (17, 1), (70, 10), (5, 40)] {
+        for (start, len) in [(0, 1), (17, 1), (70, 10), (5, 40), (150, 50), (3, 130)] {
             let part = quant_mma(&q, &x.narrow(0, start, len).unwrap()).unwrap();
             let same = whole.narrow(0, start, len).unwrap();
             assert_eq!(relative_diff(&part, &same), 0.0, "{format:?} rows {start}..{}", start + len);
@@ -109,6 +112,45 @@ fn a_group_equals_its_matrices_one_by_one() {
     }
 }
 
+/// Dense weights of the activations' type, widths that are and are not a multiple of 256
+/// (zero-padded), against the F32 product on the host.
+#[test]
+fn dense_mma_matches_the_f32_product() {
+    let Some(device) = crate::test_gpu() else { return };
+    for (n, k) in [(130, 256), (100, 768), (64, 4096), (70, 64), (90, 640)] {
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        for dtype in [DType::BF16, DType::F16] {
+            let w_dev = w.to_dtype(dtype).unwrap().to_device(&device).unwrap();
+            for rows in [1, 9, 64, 65, 130] {
+                let x = activations(rows, k, dtype, &device);
+                assert!(dense_supported(&w_dev, &x));
+                let fast = dense_mma(&w_dev, &x).unwrap();
+                let f32_host = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_device(&Device::Cpu).unwrap();
+                let slow = f32_host(&x).matmul(&f32_host(&w_dev).t().unwrap()).unwrap();
+                assert_eq!(fast.dims(), [rows, n]);
+                let diff = relative_diff(&fast.to_device(&Device::Cpu).unwrap(), &slow);
+                // the operands are exact; only the F32 sum's order and the output's rounding differ
+                let tolerance = if dtype == DType::BF16 { 1e-2 } else { 2e-3 };
+                assert!(diff <= tolerance, "dense {n}x{k} {dtype:?} rows {rows}: relative diff {diff}");
+            }
+        }
+    }
+}
+
+#[test]
+fn dense_tokens_are_independent_of_their_batch() {
+    let Some(device) = crate::test_gpu() else { return };
+    for k in [1024, 640] {
+        let w = Tensor::randn(0f32, 1.0, (96, k), &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap().to_device(&device).unwrap();
+        let x = activations(200, k, DType::BF16, &device);
+        let whole = dense_mma(&w, &x).unwrap();
+        for (start, len) in [(0, 1), (17, 1), (70, 10), (150, 50), (3, 130)] {
+            let part = dense_mma(&w, &x.narrow(0, start, len).unwrap()).unwrap();
+            assert_eq!(relative_diff(&part, &whole.narrow(0, start, len).unwrap()), 0.0, "k {k} rows {start}..{}", start + len);
+        }
+    }
+}
+
 #[test]
 fn unsupported_inputs_are_declined() {
     let Some(device) = crate::test_gpu() else { return };
@@ -119,6 +161,9 @@ fn unsupported_inputs_are_declined() {
     assert!(!supported(&q4, &x(20, DType::F32)), "F32 activations");
     let q8 = QTensor::quantize_onto(&w, GgmlDType::Q8_0, &device).unwrap();
     assert!(!supported(&q8, &x(20, DType::BF16)), "Q8_0 has no kernel");
+    let dense = w.to_dtype(DType::BF16).unwrap().to_device(&device).unwrap();
+    assert!(dense_supported(&dense, &x(20, DType::BF16)));
+    assert!(!dense_supported(&dense, &x(20, DType::F16)), "weights of another type than the activations");
     let cpu = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
     assert!(!supported(&cpu, &Tensor::zeros((20, 512), DType::BF16, &Device::Cpu).unwrap()), "CPU tensors");
 }

@@ -1,5 +1,6 @@
-// Q4_K / Q6_K weights times a batch of activation rows (a generation step of 9..=127 sequences)
-// on BF16/F16 tensor cores (mma.sync m16n8k16, sm_80+). y[c][row] = sum_k W[row][k] * x[c][k]; x
+// Q4_K / Q6_K weights times a batch of activation rows (a generation step of 9..=127 sequences;
+// every row count in batch-invariant mode, where dense BF16/F16 weights come here too) on BF16/F16
+// tensor cores (mma.sync m16n8k16, sm_80+). y[c][row] = sum_k W[row][k] * x[c][k]; x
 // and y BF16 or F16, F32 accumulation in the mma's own registers.
 //
 // One launch takes up to three matrices of one width (Q, K, V; gate, up). A block takes 64 weight
@@ -241,10 +242,42 @@ __device__ __forceinline__ void q6k_unit(const Q6KLane& r0, const Q6KLane& r1, u
     }
 }
 
+// ---- dense weights ---------------------------------------------------------------------------
+
+// A lane's share of one row's unit (values 64 u .. + 64 of a 256-value block) of weights already in
+// the activations' type: for each 16 values s, the 8 bytes at values 16 s + 4 tig .. + 3, which are
+// a0/a2 (row gid) or a1/a3 (row gid + 8) of that k-step as they are.
+struct DenseLane {
+    uint2 v[4];
+};
+
+__device__ __forceinline__ DenseLane dense_lane(const unsigned char* b, unsigned int tig, unsigned int u) {
+    DenseLane l;
+#pragma unroll
+    for (int s = 0; s < 4; ++s) l.v[s] = *(const uint2*)(b + 2 * (64 * u + 16 * s + 4 * tig));
+    return l;
+}
+
+// Unit u (values 64 u .. + 64 of the block, at 64 (u % 2) in the stage) times the token tile.
+template <typename T, int NT>
+__device__ __forceinline__ void dense_unit(const DenseLane& r0, const DenseLane& r1, unsigned int u,
+                                           const unsigned char* xs, float acc[NT][4]) {
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+        const unsigned int a[4] = {r0.v[s].x, r1.v[s].x, r0.v[s].y, r1.v[s].y};
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            const uint2 b = b_fragment(xs, t, 4 * (u % 2) + s);
+            Mma<T>::mma(acc[t], a, b.x, b.y);
+        }
+    }
+}
+
 // ---- the product -----------------------------------------------------------------------------
 
 #define FORMAT_Q4K 0
 #define FORMAT_Q6K 1
+#define FORMAT_DENSE 2  // weights in the activations' type, read as 256-value blocks of 512 bytes
 
 // Lanes of part > 0 hand their sums to part 0 through shared memory (the token buffers, free by
 // then), which adds them in part order: one fixed order, whatever the batch.
@@ -292,6 +325,17 @@ struct Lane<T, FORMAT_Q6K> {
     template <int NT>
     __device__ __forceinline__ void multiply(const Lane& r1, unsigned int unit, const unsigned char* xs, float acc[NT][4]) const {
         q6k_unit<T, NT>(r, r1.r, unit, xs, acc);
+    }
+};
+
+template <typename T>
+struct Lane<T, FORMAT_DENSE> {
+    static constexpr unsigned int BLOCK_BYTES = 512;
+    DenseLane r;
+    __device__ __forceinline__ void load(const unsigned char* b, unsigned int tig, unsigned int unit) { r = dense_lane(b, tig, unit); }
+    template <int NT>
+    __device__ __forceinline__ void multiply(const Lane& r1, unsigned int unit, const unsigned char* xs, float acc[NT][4]) const {
+        dense_unit<T, NT>(r, r1.r, unit, xs, acc);
     }
 };
 
@@ -391,7 +435,8 @@ __device__ void mma_group(const MmaMatrices& ms, const T* __restrict__ x, T* __r
         block_row -= ms.m[0].blocks + ms.m[1].blocks;
     }
     if (mat.format == FORMAT_Q4K) mma_matrix<T, NT, FORMAT_Q4K>(mat, block_row, xs, x, y, partial, ms.total, k, rows);
-    else mma_matrix<T, NT, FORMAT_Q6K>(mat, block_row, xs, x, y, partial, ms.total, k, rows);
+    else if (mat.format == FORMAT_Q6K) mma_matrix<T, NT, FORMAT_Q6K>(mat, block_row, xs, x, y, partial, ms.total, k, rows);
+    else mma_matrix<T, NT, FORMAT_DENSE>(mat, block_row, xs, x, y, partial, ms.total, k, rows);
 }
 
 // y = the sum of the slices' partial products, in slice order (grid: count / 256 blocks of 256).

@@ -10,6 +10,9 @@
 //! result equals the F32 product of the dequantized weights ([`crate::quant_matvec::quant_matvec_reference`])
 //! up to those roundings and summation order; tests on the GPU bind them (`cuda_tests.rs`).
 //!
+//! [`dense_mma`] runs dense BF16/F16 weights through the same kernel (batch-invariant mode's
+//! product for every weight that is not Q4_K/Q6_K).
+//!
 //! Invariants: each output row (token) depends only on its own activation row — the same bits
 //! whatever the batch around it (tested), because tiles, slices and summation order depend on the
 //! matrix alone. Needs compute capability 8.0 (`mma.sync` with BF16, `cp.async`); [`supported`]
@@ -54,6 +57,36 @@ fn gpu_has_bf16_mma(x: &Tensor) -> bool {
     {
         let _ = x;
         false
+    }
+}
+
+/// Whether [`dense_mma`] handles `w` (`[n, k]`) times `x` (`[rows, k]`): BF16 or F16 weights of
+/// the activations' own type on a GPU of compute capability 8.0 or newer, any width.
+pub fn dense_supported(w: &Tensor, x: &Tensor) -> bool {
+    let Ok((n, k)) = w.dims2() else { return false };
+    let Ok((rows, x_k)) = x.dims2() else { return false };
+    matches!(x.dtype(), DType::BF16 | DType::F16) && w.dtype() == x.dtype() && n > 0 && rows > 0 && x_k == k && k > 0 && gpu_has_bf16_mma(x)
+}
+
+/// `x Wᵀ` for a dense weight, through the same kernel as the quantized formats (the weights are
+/// the mma's operands as they are): `[rows, n]` in `x`'s dtype, each token's result independent
+/// of its batch. A width that is not a multiple of 256 is zero-padded in both operands first (a
+/// copy of each per call; the zeros add exactly nothing). Call only where [`dense_supported`]
+/// holds.
+pub fn dense_mma(w: &Tensor, x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    {
+        let k = x.dim(1)?;
+        if k % 256 == 0 {
+            return cuda::dense_mma(w, x);
+        }
+        let pad = k.next_multiple_of(256) - k;
+        cuda::dense_mma(&w.pad_with_zeros(1, 0, pad)?, &x.pad_with_zeros(1, 0, pad)?)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (w, x);
+        Err(crate::KernelError::InvalidMetadata("dense_mma needs the cuda feature".into()))
     }
 }
 
