@@ -150,6 +150,15 @@ fn quant_mma_rows(x: &Tensor) -> Result<bool> {
 /// dtype (BF16 or F16), so the activations and the result are not cast; other block types go to
 /// F16 through candle, with `x` cast to F16 and the result back (as llama.cpp's cuBLAS path does).
 /// Bound to the dequantize-to-F32 product by `tests/gpu_layers.rs`.
+pub fn dequantized_gemm(q: &QTensor, x: &Tensor) -> Result<Tensor> {
+    if quant_matvec::dequantize_supported(q, x.dtype()) {
+        let w = quant_matvec::dequantize_16bit(q, x.dtype())?;
+        return Ok(x.matmul(&w.t()?)?);
+    }
+    let w = q.dequantize_f16(x.device())?;
+    Ok(x.to_dtype(DType::F16)?.matmul(&w.t()?)?.to_dtype(x.dtype())?)
+}
+
 /// Batch-invariant mode's product ([`crate::numerics`]): one kernel for every row count —
 /// `quant_mma` for Q4_K/Q6_K, `dense_mma` (the same kernel) for dense weights (cast to the
 /// activations' type when stored in another) and for every other block type (dequantized to the
@@ -169,15 +178,6 @@ fn batch_invariant_matmul(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
         )));
     }
     Ok(quant_mma::dense_mma(&dense, &x)?)
-}
-
-pub fn dequantized_gemm(q: &QTensor, x: &Tensor) -> Result<Tensor> {
-    if quant_matvec::dequantize_supported(q, x.dtype()) {
-        let w = quant_matvec::dequantize_16bit(q, x.dtype())?;
-        return Ok(x.matmul(&w.t()?)?);
-    }
-    let w = q.dequantize_f16(x.device())?;
-    Ok(x.to_dtype(DType::F16)?.matmul(&w.t()?)?.to_dtype(x.dtype())?)
 }
 
 /// `x Wᵀ` through candle. Its GPU quantized kernels take F32/BF16/F16 contiguous activations
