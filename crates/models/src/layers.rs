@@ -395,14 +395,25 @@ impl RmsNorm {
         Ok(Self { weight: self.weight.to_device(device)?, eps: self.eps })
     }
 
-    /// Normalizes over the last dimension of any-rank input.
+    /// Normalizes over the last dimension of any-rank input, into the weight's dtype (an F32
+    /// residual stream on a GPU is normalized in F32, then rounded to the activations' type).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)?)
+        let x = x.contiguous()?;
+        if x.dtype() != self.weight.dtype() {
+            let normed = candle_nn::ops::rms_norm(&x, &self.weight.to_dtype(x.dtype())?, self.eps)?;
+            return Ok(normed.to_dtype(self.weight.dtype())?);
+        }
+        Ok(candle_nn::ops::rms_norm(&x, &self.weight, self.eps)?)
     }
 
     /// `(norm(x + residual), x + residual)` for `[tokens, hidden]` inputs: one fused kernel on a
-    /// GPU (`hearth_kernels::fused::add_rms_norm`), an add and the norm elsewhere.
+    /// GPU (`hearth_kernels::fused::add_rms_norm`), an add and the norm elsewhere. The sum keeps
+    /// the residual's dtype: an F32 residual stream with BF16/F16 `x` adds in F32
+    /// (`fused::add_rms_norm_f32_residual`), the norm comes out in `x`'s dtype.
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<(Tensor, Tensor)> {
+        if residual.dtype() == DType::F32 && x.dtype() != DType::F32 {
+            return Ok(fused::add_rms_norm_f32_residual(x, residual, &self.weight, self.eps)?);
+        }
         if x.device().is_cuda() {
             return Ok(fused::add_rms_norm(x, residual, &self.weight, self.eps)?);
         }

@@ -9,7 +9,8 @@
 //! Invariants: a stage's forward runs the same code as [`Transformer::forward`] (the shared
 //! `ResidualStream`); between stages the residual stream is handed over materialized (the
 //! residual plus the pending delta, the sum the next block's first norm would form), so on the CPU in F32 a
-//! chain of stages computes bit-for-bit the single model's logits. The first stage is the one
+//! chain of stages computes bit-for-bit the single model's logits (on a GPU the F32 residual
+//! stream is rounded once to the activations' dtype at each boundary). The first stage is the one
 //! whose range starts at 0, the last the one whose range ends at `num_layers`; so an empty range
 //! is refused at either end (it would make two first or two last stages) and allowed in the
 //! middle (a pass-through).
@@ -116,10 +117,10 @@ impl PipelineStage {
             }
             (StageInput::Hidden(_), Some(_)) => return Err(self.refuse("takes token ids, not a hidden state (it is the first stage)")),
         };
-        let stream = ResidualStream::start(hidden).through_blocks(&self.blocks, batch, &kv_cache.layers)?;
+        let stream = ResidualStream::start(hidden)?.through_blocks(&self.blocks, batch, &kv_cache.layers)?;
         Ok(match &self.head {
             Some(head) => StageOutput::Logits(stream.logits(&head.norm, &head.lm_head, batch)?),
-            None => StageOutput::Hidden(stream.materialize()?),
+            None => StageOutput::Hidden(stream.materialize(self.dtype)?),
         })
     }
 

@@ -171,7 +171,7 @@ impl Transformer {
     pub fn forward(&self, batch: &ForwardBatch, kv_cache: &PagedKvCache) -> Result<Tensor> {
         check_kv_layers(kv_cache, self.blocks.len())?;
         let embedded = embed_tokens(&self.embed, self.embed_scale, batch, self.dtype)?;
-        let stream = ResidualStream::start(embedded).through_blocks(&self.blocks, batch, &kv_cache.layers)?;
+        let stream = ResidualStream::start(embedded)?.through_blocks(&self.blocks, batch, &kv_cache.layers)?;
         stream.logits(&self.norm, &self.lm_head, batch)
     }
 }
@@ -325,6 +325,10 @@ pub(crate) fn embed_tokens(embed: &Embedding, scale: Option<f64>, batch: &Forwar
 
 /// The residual stream between blocks: `residual` plus the last block's un-added output
 /// `delta` (None before the first block, or after [`ResidualStream::materialize`]).
+///
+/// On a GPU whose activations are BF16/F16 the stream itself is F32 (as on the CPU): each
+/// block's output is added to it in F32 by its next norm (`RmsNorm::forward_residual`), so the
+/// sum of many layers is not rounded to 8 bits of mantissa after every block.
 pub(crate) struct ResidualStream {
     /// `[num_tokens, hidden]`
     residual: Tensor,
@@ -333,8 +337,12 @@ pub(crate) struct ResidualStream {
 
 impl ResidualStream {
     /// A stream that starts from a whole hidden state (embeddings, or a previous stage's output).
-    pub(crate) fn start(hidden: Tensor) -> Self {
-        Self { residual: hidden, delta: None }
+    pub(crate) fn start(hidden: Tensor) -> Result<Self> {
+        let residual = match hidden.dtype() {
+            DType::BF16 | DType::F16 if hidden.device().is_cuda() => hidden.to_dtype(DType::F32)?,
+            _ => hidden,
+        };
+        Ok(Self { residual, delta: None })
     }
 
     /// Runs `blocks` in order, block `i` on `kv_layers[i]`.
@@ -348,12 +356,15 @@ impl ResidualStream {
     }
 
     /// The hidden state with the pending delta added — the same sum the next block's first
-    /// norm would form, so a stage boundary here changes no value. `[num_tokens, hidden]`
-    pub(crate) fn materialize(self) -> Result<Tensor> {
-        Ok(match &self.delta {
-            Some(delta) => (delta + &self.residual)?,
+    /// norm would form — in the activations' dtype `[num_tokens, hidden]`. On a GPU that rounds
+    /// the F32 stream once to BF16/F16 (a stage boundary's only change of value); elsewhere it
+    /// changes nothing.
+    pub(crate) fn materialize(self, dtype: DType) -> Result<Tensor> {
+        let sum = match &self.delta {
+            Some(delta) => (delta.to_dtype(self.residual.dtype())? + &self.residual)?,
             None => self.residual,
-        })
+        };
+        Ok(sum.to_dtype(dtype)?)
     }
 
     /// Only rows that need logits go through the final norm and the vocabulary projection.

@@ -9,9 +9,10 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
-use super::{GatedActivation, RopeKvInputs, CUDA_SOURCE};
+use super::{GatedActivation, RopeKvInputs, CUDA_SOURCE, NORM_CHUNKS};
 use crate::nvrtc::{contiguous_view, CudaModule};
 use crate::Result;
 
@@ -85,8 +86,6 @@ impl CustomOp3 for AddRmsNorm {
 
 type Operand<'a> = (&'a CudaStorage, &'a Layout);
 
-/// 8-element chunks one thread of `add_rms_norm8` keeps in registers (`NORM_CHUNKS` in fused.cu).
-const NORM_CHUNKS: usize = 4;
 
 fn launch_add_rms_norm<T: CudaDType + DeviceRepr>(
     eps: f32,
@@ -135,6 +134,71 @@ pub fn add_rms_norm(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) ->
     let (x, residual) = (x.contiguous()?, residual.contiguous()?);
     let both = x.apply_op3_no_bwd(&residual, weight, &AddRmsNorm { eps })?;
     Ok((both.get(0)?, both.get(1)?))
+}
+
+/// `add_rms_norm_f32_residual_*`: `x` (BF16/F16) plus the F32 `residual` -> `(normed in x's
+/// dtype, sum in F32)`, rows of a multiple of 8 elements, at most `NORM_CHUNKS * 8 * 1024`.
+pub fn add_rms_norm_f32_residual(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    Ok(f32_residual_norm(x, residual, weight, eps)?)
+}
+
+fn f32_residual_norm(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) -> candle_core::Result<(Tensor, Tensor)> {
+    let (x, residual, weight) = (x.contiguous()?, residual.contiguous()?, weight.contiguous()?);
+    let (rows, hidden) = x.dims2()?;
+    if residual.dims() != [rows, hidden] || weight.dims() != [hidden] || residual.dtype() != DType::F32 || weight.dtype() != x.dtype() {
+        candle_core::bail!(
+            "add_rms_norm_f32_residual: x {:?} {:?}, residual {:?} {:?}, weight {:?} {:?}",
+            x.dims(),
+            x.dtype(),
+            residual.dims(),
+            residual.dtype(),
+            weight.dims(),
+            weight.dtype()
+        );
+    }
+    let guards = [&x, &residual, &weight].map(|t| t.storage_and_layout());
+    let cuda = |i: usize| -> candle_core::Result<(&CudaStorage, &Layout)> {
+        match &*guards[i].0 {
+            candle_core::Storage::Cuda(s) => Ok((s, guards[i].1)),
+            _ => candle_core::bail!("add_rms_norm_f32_residual: every operand must be on the GPU"),
+        }
+    };
+    let (normed, sum) = with_dtype!(x.dtype(), T, launch_add_rms_norm_f32_residual::<T>(eps, cuda(0)?, cuda(1)?, cuda(2)?, rows, hidden)?);
+    let wrap = |storage, dtype_shape: (usize, usize)| Tensor::from_storage(candle_core::Storage::Cuda(storage), dtype_shape, BackpropOp::none(), false);
+    Ok((wrap(normed, (rows, hidden)), wrap(sum, (rows, hidden))))
+}
+
+fn launch_add_rms_norm_f32_residual<T: CudaDType + DeviceRepr>(
+    eps: f32,
+    x: Operand,
+    r: Operand,
+    w: Operand,
+    rows: usize,
+    hidden: usize,
+) -> candle_core::Result<(CudaStorage, CudaStorage)> {
+    let chunks = hidden / 8;
+    if x.0.dtype() == DType::F32 || hidden % 8 != 0 || chunks > NORM_CHUNKS * 1024 || rows == 0 {
+        candle_core::bail!("add_rms_norm_f32_residual: {rows} rows of {hidden} {:?}", x.0.dtype());
+    }
+    if [x.1, w.1].iter().any(|l| l.start_offset() % 8 != 0) || r.1.start_offset() % 8 != 0 {
+        candle_core::bail!("add_rms_norm_f32_residual: operands must start on 16-byte boundaries");
+    }
+    let dev = x.0.device().clone();
+    let xv = contiguous_view::<T>(x.0, x.1, "add_rms_norm_f32_residual: x")?;
+    let rv = contiguous_view::<f32>(r.0, r.1, "add_rms_norm_f32_residual: residual")?;
+    let wv = contiguous_view::<T>(w.0, w.1, "add_rms_norm_f32_residual: weight")?;
+    // SAFETY: the kernel writes every element of both.
+    let normed = unsafe { dev.alloc::<T>(rows * hidden)? };
+    let sum = unsafe { dev.alloc::<f32>(rows * hidden)? };
+    let func = MODULE.function(x.0, &format!("add_rms_norm_f32_residual_{}", suffix(x.0.dtype())?))?;
+    let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads_for(chunks), 1, 1), shared_mem_bytes: 0 };
+    let mut b = func.builder();
+    let hidden_u32 = hidden as u32;
+    b.arg(&normed).arg(&sum).arg(&xv).arg(&rv).arg(&wv).arg(&hidden_u32).arg(&eps);
+    // SAFETY: argument order and types match `add_rms_norm_f32_residual_*`; every view covers
+    // rows x hidden (weight: hidden) from a 16-byte boundary; the threads cover every chunk.
+    unsafe { b.launch(cfg) }.w()?;
+    Ok((CudaStorage::wrap_cuda_slice(normed, dev.clone()), CudaStorage::wrap_cuda_slice(sum, dev)))
 }
 
 // ---- rope_write_kv -----------------------------------------------------------------------

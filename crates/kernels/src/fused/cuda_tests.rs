@@ -41,7 +41,30 @@ fn nvrtc_compiles_the_fused_source() {
         }
     }
     for suffix in ["bf16", "f16"] {
-        assert!(ptx.contains(&format!(".entry add_rms_norm8_{suffix}(")), "PTX lacks add_rms_norm8_{suffix}");
+        for kernel in ["add_rms_norm8", "add_rms_norm_f32_residual"] {
+            assert!(ptx.contains(&format!(".entry {kernel}_{suffix}(")), "PTX lacks {kernel}_{suffix}");
+        }
+    }
+}
+
+/// The F32 residual stream: the sum is the exact F32 sum (the same bits as the reference's F32
+/// add), the norm one rounding to the activations' type away from the reference. Rows one to
+/// four chunks per thread (640: Gemma 3 270M; 12288 and 8200: more than one).
+#[test]
+fn add_rms_norm_f32_residual_matches_reference() {
+    let Some(device) = gpu() else { return };
+    for dtype in [DType::BF16, DType::F16] {
+        for (rows, hidden) in [(1, 640), (5, 4096), (2, 12288), (3, 8200)] {
+            let x = randn(&[rows, hidden], &device, dtype);
+            let r = (randn(&[rows, hidden], &device, DType::F32) * 30.0).unwrap();
+            let w = randn(&[hidden], &device, dtype);
+            let (fast, fast_sum) = add_rms_norm_f32_residual(&x, &r, &w, 1e-6).unwrap();
+            let (slow, slow_sum) = add_rms_norm_f32_residual_reference(&x, &r, &w, 1e-6).unwrap();
+            assert_eq!((fast.dtype(), fast_sum.dtype()), (dtype, DType::F32));
+            assert_eq!(max_abs_diff(&fast_sum, &slow_sum), 0.0, "{dtype:?} {rows}x{hidden} sum");
+            let diff = max_abs_diff(&fast, &slow);
+            assert!(diff <= tolerance(dtype), "{dtype:?} {rows}x{hidden}: {diff}");
+        }
     }
 }
 

@@ -6,6 +6,8 @@
 //   * weight. The norm is computed from the rounded sum, as the unfused add-then-norm does.
 //   add_rms_norm8 is the same for BF16/F16 rows of 8-element chunks (16-byte loads, the sums
 //   kept in registers).
+//   add_rms_norm_f32_residual: the same on an F32 residual stream (the sum is stored in F32, not
+//   rounded).
 // rope_write_kv: one block per token. Rotates q and k (half-split / NeoX rotary, F32 cos/sin
 //   tables indexed by position), writes the rotated q to q_out and k, v to the paged pool at the
 //   token's slot.
@@ -70,6 +72,49 @@ __device__ void add_rms_norm8(T* __restrict__ out, T* __restrict__ sum_out, cons
                 sq += v[c][i] * v[c][i];
             }
             *(uint4*)(sum_out + base + 8 * chunk) = pack8<T>(v[c]);
+        }
+    }
+    const float inv_rms = rsqrtf(block_sum(sq, scratch) / (float)hidden + eps);
+#pragma unroll
+    for (int c = 0; c < NORM_CHUNKS; ++c) {
+        const unsigned int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) {
+            float wv[8], o[8];
+            unpack8<T>(*(const uint4*)(weight + 8 * chunk), wv);
+            for (int i = 0; i < 8; ++i) o[i] = v[c][i] * inv_rms * wv[i];
+            *(uint4*)(out + base + 8 * chunk) = pack8<T>(o);
+        }
+    }
+}
+
+// add_rms_norm8 on an F32 residual stream: sum = x + residual in F32 (not rounded), stored F32;
+// out = sum / rms(sum) * weight rounded to T. The stream between blocks keeps F32 precision on
+// the GPU as on the CPU (x is a block's BF16/F16 output).
+template <typename T>
+__device__ void add_rms_norm_f32_residual(T* __restrict__ out, float* __restrict__ sum_out, const T* __restrict__ x,
+                                          const float* __restrict__ residual, const T* __restrict__ weight,
+                                          unsigned int hidden, float eps) {
+    __shared__ float scratch[MAX_WARPS];
+    const unsigned long long base = (unsigned long long)blockIdx.x * hidden;
+    const unsigned int chunks = hidden / 8;
+    float v[NORM_CHUNKS][8];
+    float sq = 0.0f;
+#pragma unroll
+    for (int c = 0; c < NORM_CHUNKS; ++c) {
+        const unsigned int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) {
+            float a[8];
+            unpack8<T>(*(const uint4*)(x + base + 8 * chunk), a);
+            const float4* r = (const float4*)(residual + base + 8 * chunk);
+            const float4 r0 = r[0], r1 = r[1];
+            const float b[8] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
+            for (int i = 0; i < 8; ++i) {
+                v[c][i] = a[i] + b[i];
+                sq += v[c][i] * v[c][i];
+            }
+            float4* s = (float4*)(sum_out + base + 8 * chunk);
+            s[0] = make_float4(v[c][0], v[c][1], v[c][2], v[c][3]);
+            s[1] = make_float4(v[c][4], v[c][5], v[c][6], v[c][7]);
         }
     }
     const float inv_rms = rsqrtf(block_sum(sq, scratch) / (float)hidden + eps);
@@ -158,6 +203,11 @@ INSTANTIATE(f16, f16)
     extern "C" __global__ void add_rms_norm8_##SUFFIX(T* out, T* sum_out, const T* x, const T* residual, \
                                                       const T* weight, unsigned int hidden, float eps) { \
         add_rms_norm8<T>(out, sum_out, x, residual, weight, hidden, eps);                             \
+    }                                                                                                 \
+    extern "C" __global__ void add_rms_norm_f32_residual_##SUFFIX(T* out, float* sum_out, const T* x,    \
+                                                                  const float* residual, const T* weight, \
+                                                                  unsigned int hidden, float eps) {       \
+        add_rms_norm_f32_residual<T>(out, sum_out, x, residual, weight, hidden, eps);                 \
     }
 
 INSTANTIATE8(bf16, bf16)

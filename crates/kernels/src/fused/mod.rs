@@ -24,6 +24,11 @@ use crate::{write_kv, Result};
 /// CUDA C source of the kernels.
 pub const CUDA_SOURCE: &str = concat!(include_str!("../dtypes.cuh"), include_str!("../activation.cuh"), include_str!("fused.cu"));
 
+/// 8-element chunks one thread of the vectorized norms keeps in registers (`NORM_CHUNKS` in
+/// fused.cu): rows of up to `NORM_CHUNKS * 8 * 1024` elements.
+#[cfg(feature = "cuda")]
+const NORM_CHUNKS: usize = 4;
+
 /// The activation of a gated MLP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GatedActivation {
@@ -43,6 +48,37 @@ pub fn add_rms_norm(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) ->
         return cuda::add_rms_norm(x, residual, weight, eps);
     }
     add_rms_norm_reference(x, residual, weight, eps)
+}
+
+/// `x + residual` in F32 on an F32 residual stream and its RMS norm times `weight`: `(normed` in
+/// `x`'s dtype, `sum` in F32`)`. The sum is not rounded to `x`'s dtype, so the stream between
+/// blocks keeps F32 precision on a GPU whose activations are BF16/F16. One kernel on a GPU for
+/// BF16/F16 rows of a multiple of 8 elements; tensor ops elsewhere (the reference).
+pub fn add_rms_norm_f32_residual(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() && f32_residual_fast_path(x, residual, weight) {
+        return cuda::add_rms_norm_f32_residual(x, residual, weight, eps);
+    }
+    add_rms_norm_f32_residual_reference(x, residual, weight, eps)
+}
+
+#[cfg(feature = "cuda")]
+fn f32_residual_fast_path(x: &Tensor, residual: &Tensor, weight: &Tensor) -> bool {
+    let hidden = x.dims().last().copied().unwrap_or(0);
+    matches!(x.dtype(), DType::BF16 | DType::F16)
+        && residual.dtype() == DType::F32
+        && weight.dtype() == x.dtype()
+        && hidden % 8 == 0
+        && hidden / 8 <= NORM_CHUNKS * 1024
+        && x.rank() == 2
+        && x.dim(0).is_ok_and(|rows| rows > 0)
+}
+
+pub fn add_rms_norm_f32_residual_reference(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    let sum = (x.to_dtype(DType::F32)? + residual.to_dtype(DType::F32)?)?;
+    let mean_square = sum.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = sum.broadcast_div(&(mean_square + eps as f64)?.sqrt()?)?.broadcast_mul(&weight.to_dtype(DType::F32)?)?;
+    Ok((normed.to_dtype(x.dtype())?, sum))
 }
 
 pub fn add_rms_norm_reference(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
