@@ -116,6 +116,8 @@ pub struct Settings {
     /// Ranks of the tensor-parallel group (1: one device). The roofline then uses this many
     /// times the measured (one-device) bandwidth: each rank reads its share of the weights.
     pub tensor_parallel: usize,
+    /// `HEARTH_BATCH_INVARIANT=1`: one kernel per operation whatever the batch (GPU; slower).
+    pub batch_invariant: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -255,6 +257,7 @@ impl BenchReport {
                 tg_context: inputs.tg_context,
                 sampling: SAMPLING,
                 tensor_parallel: inputs.tensor_parallel,
+                batch_invariant: hearth_models::numerics::batch_invariant(),
             },
             bandwidth: Bandwidth {
                 method: inputs.bandwidth.method.clone(),
@@ -330,7 +333,7 @@ impl BenchReport {
             &mut out,
             "settings",
             format!(
-                "device {}{}, compute {}, KV {} in blocks of {}; warm-up {}, timed runs {}; prompt chunk {} ({}); tg from {} token(s) of context",
+                "device {}{}, compute {}, KV {} in blocks of {}; warm-up {}, timed runs {}; prompt chunk {} ({}); tg from {} token(s) of context{}",
                 s.device,
                 match s.tensor_parallel {
                     0 | 1 => String::new(),
@@ -343,7 +346,8 @@ impl BenchReport {
                 s.timed_runs,
                 s.prompt_chunk,
                 s.prompt_chunk_source,
-                s.tg_context
+                s.tg_context,
+                if s.batch_invariant { "; batch-invariant mode (HEARTH_BATCH_INVARIANT=1)" } else { "" }
             ),
         );
         let b = &self.bandwidth;
