@@ -86,7 +86,6 @@ impl CustomOp3 for AddRmsNorm {
 
 type Operand<'a> = (&'a CudaStorage, &'a Layout);
 
-
 fn launch_add_rms_norm<T: CudaDType + DeviceRepr>(
     eps: f32,
     x: Operand,

@@ -51,6 +51,23 @@ __device__ void add_rms_norm(T* __restrict__ out, T* __restrict__ sum_out, const
 // in registers for the second pass instead of reading them back. Same results as add_rms_norm.
 #define NORM_CHUNKS 4
 
+// The second pass of the chunked norms: the thread's sums (chunks threadIdx.x + c * blockDim.x of
+// the row) times inv_rms and the weight, rounded to T into out_row.
+template <typename T>
+__device__ __forceinline__ void normalize_chunks8(const float v[NORM_CHUNKS][8], float inv_rms, const T* __restrict__ weight,
+                                                  T* __restrict__ out_row, unsigned int chunks) {
+#pragma unroll
+    for (int c = 0; c < NORM_CHUNKS; ++c) {
+        const unsigned int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) {
+            float wv[8], o[8];
+            unpack8<T>(*(const uint4*)(weight + 8 * chunk), wv);
+            for (int i = 0; i < 8; ++i) o[i] = v[c][i] * inv_rms * wv[i];
+            *(uint4*)(out_row + 8 * chunk) = pack8<T>(o);
+        }
+    }
+}
+
 template <typename T>
 __device__ void add_rms_norm8(T* __restrict__ out, T* __restrict__ sum_out, const T* __restrict__ x,
                               const T* __restrict__ residual, const T* __restrict__ weight,
@@ -75,16 +92,7 @@ __device__ void add_rms_norm8(T* __restrict__ out, T* __restrict__ sum_out, cons
         }
     }
     const float inv_rms = rsqrtf(block_sum(sq, scratch) / (float)hidden + eps);
-#pragma unroll
-    for (int c = 0; c < NORM_CHUNKS; ++c) {
-        const unsigned int chunk = threadIdx.x + c * blockDim.x;
-        if (chunk < chunks) {
-            float wv[8], o[8];
-            unpack8<T>(*(const uint4*)(weight + 8 * chunk), wv);
-            for (int i = 0; i < 8; ++i) o[i] = v[c][i] * inv_rms * wv[i];
-            *(uint4*)(out + base + 8 * chunk) = pack8<T>(o);
-        }
-    }
+    normalize_chunks8<T>(v, inv_rms, weight, out + base, chunks);
 }
 
 // add_rms_norm8 on an F32 residual stream: sum = x + residual in F32 (not rounded), stored F32;
@@ -118,16 +126,7 @@ __device__ void add_rms_norm_f32_residual(T* __restrict__ out, float* __restrict
         }
     }
     const float inv_rms = rsqrtf(block_sum(sq, scratch) / (float)hidden + eps);
-#pragma unroll
-    for (int c = 0; c < NORM_CHUNKS; ++c) {
-        const unsigned int chunk = threadIdx.x + c * blockDim.x;
-        if (chunk < chunks) {
-            float wv[8], o[8];
-            unpack8<T>(*(const uint4*)(weight + 8 * chunk), wv);
-            for (int i = 0; i < 8; ++i) o[i] = v[c][i] * inv_rms * wv[i];
-            *(uint4*)(out + base + 8 * chunk) = pack8<T>(o);
-        }
-    }
+    normalize_chunks8<T>(v, inv_rms, weight, out + base, chunks);
 }
 
 template <typename T>
