@@ -80,3 +80,13 @@ fn pull_without_network_fails_clearly() {
     );
     assert!(err.contains("cannot reach the Hugging Face hub"), "{err}");
 }
+
+#[test]
+fn batch_invariant_serving_refuses_setups_it_cannot_keep() {
+    let model = fixture("llama").join("model.gguf");
+    let model = model.to_str().unwrap();
+    let err = hearth_fails(&["serve", "--model", model, "--batch-invariant", "--stages", "local=0..2"], &[]);
+    assert!(err.contains("batch-invariant mode cannot be combined with pipeline stages"), "{err}");
+    let err = hearth_fails(&["serve", "--model", model, "--prefill-node", "127.0.0.1:1"], &[("HEARTH_BATCH_INVARIANT", "1")]);
+    assert!(err.contains("--prefill-node"), "{err}");
+}
