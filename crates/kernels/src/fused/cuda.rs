@@ -10,7 +10,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::op::BackpropOp;
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 
 use super::{GatedActivation, RopeKvInputs, CUDA_SOURCE, NORM_CHUNKS};
 use crate::nvrtc::{contiguous_view, CudaModule};
@@ -86,6 +86,15 @@ impl CustomOp3 for AddRmsNorm {
 
 type Operand<'a> = (&'a CudaStorage, &'a Layout);
 
+/// A tensor's storage (from `storage_and_layout`) as a CUDA operand (`op` names the op in the
+/// error when the tensor is elsewhere).
+fn cuda_operand<'a>(storage: &'a Storage, layout: &'a Layout, op: &str) -> candle_core::Result<Operand<'a>> {
+    match storage {
+        Storage::Cuda(s) => Ok((s, layout)),
+        _ => candle_core::bail!("{op}: every operand must be on the GPU"),
+    }
+}
+
 fn launch_add_rms_norm<T: CudaDType + DeviceRepr>(
     eps: f32,
     x: Operand,
@@ -156,14 +165,9 @@ fn f32_residual_norm(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) -
         );
     }
     let guards = [&x, &residual, &weight].map(|t| t.storage_and_layout());
-    let cuda = |i: usize| -> candle_core::Result<(&CudaStorage, &Layout)> {
-        match &*guards[i].0 {
-            candle_core::Storage::Cuda(s) => Ok((s, guards[i].1)),
-            _ => candle_core::bail!("add_rms_norm_f32_residual: every operand must be on the GPU"),
-        }
-    };
+    let cuda = |i: usize| cuda_operand(&guards[i].0, guards[i].1, "add_rms_norm_f32_residual");
     let (normed, sum) = with_dtype!(x.dtype(), T, launch_add_rms_norm_f32_residual::<T>(eps, cuda(0)?, cuda(1)?, cuda(2)?, rows, hidden)?);
-    let wrap = |storage, dtype_shape: (usize, usize)| Tensor::from_storage(candle_core::Storage::Cuda(storage), dtype_shape, BackpropOp::none(), false);
+    let wrap = |storage, dtype_shape: (usize, usize)| Tensor::from_storage(Storage::Cuda(storage), dtype_shape, BackpropOp::none(), false);
     Ok((wrap(normed, (rows, hidden)), wrap(sum, (rows, hidden))))
 }
 
@@ -263,12 +267,7 @@ impl RopeWriteKv<'_> {
         let vv = contiguous_view::<T>(v.0, v.1, "rope_write_kv: v")?;
         let guards = [self.k_cache, self.v_cache, self.rope.cos, self.rope.sin, self.rope.positions, self.rope.slot_mapping]
             .map(|t| t.storage_and_layout());
-        let cuda = |i: usize| -> candle_core::Result<(&CudaStorage, &Layout)> {
-            match &*guards[i].0 {
-                candle_core::Storage::Cuda(s) => Ok((s, guards[i].1)),
-                _ => candle_core::bail!("rope_write_kv: every operand must be on the GPU"),
-            }
-        };
+        let cuda = |i: usize| cuda_operand(&guards[i].0, guards[i].1, "rope_write_kv");
         let k_cache = contiguous_view::<T>(cuda(0)?.0, cuda(0)?.1, "rope_write_kv: k_cache")?;
         let v_cache = contiguous_view::<T>(cuda(1)?.0, cuda(1)?.1, "rope_write_kv: v_cache")?;
         let cos = contiguous_view::<f32>(cuda(2)?.0, cuda(2)?.1, "rope_write_kv: cos")?;

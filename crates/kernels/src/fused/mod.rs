@@ -76,17 +76,18 @@ fn f32_residual_fast_path(x: &Tensor, residual: &Tensor, weight: &Tensor) -> boo
 
 pub fn add_rms_norm_f32_residual_reference(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
     let sum = (x.to_dtype(DType::F32)? + residual.to_dtype(DType::F32)?)?;
-    let mean_square = sum.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = sum.broadcast_div(&(mean_square + eps as f64)?.sqrt()?)?.broadcast_mul(&weight.to_dtype(DType::F32)?)?;
-    Ok((normed.to_dtype(x.dtype())?, sum))
+    Ok((rms_norm_f32(&sum, weight, eps)?.to_dtype(x.dtype())?, sum))
 }
 
 pub fn add_rms_norm_reference(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
     let sum = (x + residual)?;
-    let f = sum.to_dtype(DType::F32)?;
+    Ok((rms_norm_f32(&sum.to_dtype(DType::F32)?, weight, eps)?.to_dtype(x.dtype())?, sum))
+}
+
+/// The references' norm of F32 rows: `f / sqrt(mean(f²) + eps) * weight`, in F32.
+fn rms_norm_f32(f: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     let mean_square = f.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = f.broadcast_div(&(mean_square + eps as f64)?.sqrt()?)?.broadcast_mul(&weight.to_dtype(DType::F32)?)?;
-    Ok((normed.to_dtype(x.dtype())?, sum))
+    Ok(f.broadcast_div(&(mean_square + eps as f64)?.sqrt()?)?.broadcast_mul(&weight.to_dtype(DType::F32)?)?)
 }
 
 /// Rotary tables and pool slots of one step, shared by every layer's [`rope_write_kv`].
