@@ -114,7 +114,7 @@ fn launch_add_rms_norm<T: CudaDType + DeviceRepr>(
         // 16-byte loads and sums kept in registers where rows allow (`add_rms_norm8` in fused.cu)
         let chunks = hidden / 8;
         let aligned = [x.1, r.1, w.1].iter().all(|l| l.start_offset() % 8 == 0);
-        let vectorized = x.0.dtype() != DType::F32 && hidden % 8 == 0 && aligned && chunks <= NORM_CHUNKS * 1024;
+        let vectorized = x.0.dtype() != DType::F32 && hidden.is_multiple_of(8) && aligned && chunks <= NORM_CHUNKS * 1024;
         let (kernel, threads) = match vectorized {
             true => ("add_rms_norm8", threads_for(chunks)),
             false => ("add_rms_norm", threads_for(hidden)),
@@ -180,10 +180,10 @@ fn launch_add_rms_norm_f32_residual<T: CudaDType + DeviceRepr>(
     hidden: usize,
 ) -> candle_core::Result<(CudaStorage, CudaStorage)> {
     let chunks = hidden / 8;
-    if x.0.dtype() == DType::F32 || hidden % 8 != 0 || chunks > NORM_CHUNKS * 1024 || rows == 0 {
+    if x.0.dtype() == DType::F32 || !hidden.is_multiple_of(8) || chunks > NORM_CHUNKS * 1024 || rows == 0 {
         candle_core::bail!("add_rms_norm_f32_residual: {rows} rows of {hidden} {:?}", x.0.dtype());
     }
-    if [x.1, w.1].iter().any(|l| l.start_offset() % 8 != 0) || r.1.start_offset() % 8 != 0 {
+    if [x.1, w.1].iter().any(|l| !l.start_offset().is_multiple_of(8)) || !r.1.start_offset().is_multiple_of(8) {
         candle_core::bail!("add_rms_norm_f32_residual: operands must start on 16-byte boundaries");
     }
     let dev = x.0.device().clone();
@@ -278,8 +278,9 @@ impl RopeWriteKv<'_> {
         let q_out = unsafe { dev.alloc::<T>((tokens * num_heads * head_dim).max(1))? };
         if tokens > 0 {
             let func = MODULE.function(q.0, &format!("rope_write_kv_{}", suffix(q.0.dtype())?))?;
-            let pairs = (num_heads + num_kv_heads) * half;
-            let cfg = LaunchConfig { grid_dim: (tokens as u32, 1, 1), block_dim: (threads_for(pairs), 1, 1), shared_mem_bytes: 0 };
+            // One block per (token, head): a lone generation token still spreads over the GPU.
+            let heads = (num_heads + num_kv_heads) as u32;
+            let cfg = LaunchConfig { grid_dim: (tokens as u32, heads, 1), block_dim: (threads_for(half), 1, 1), shared_mem_bytes: 0 };
             let mut b = func.builder();
             b.arg(&q_out).arg(&k_cache).arg(&v_cache).arg(&qv).arg(&kv).arg(&vv);
             b.arg(&cos).arg(&sin).arg(&positions).arg(&slots);

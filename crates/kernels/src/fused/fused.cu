@@ -8,7 +8,7 @@
 //   kept in registers).
 //   add_rms_norm_f32_residual: the same on an F32 residual stream (the sum is stored in F32, not
 //   rounded).
-// rope_write_kv: one block per token. Rotates q and k (half-split / NeoX rotary, F32 cos/sin
+// rope_write_kv: one block per (token, head of q, k or v's kv head). Rotates q and k (half-split / NeoX rotary, F32 cos/sin
 //   tables indexed by position), writes the rotated q to q_out and k, v to the paged pool at the
 //   token's slot.
 // gated_act: out = act(gate) * up, act = SiLU (0) or tanh-GELU (1); gate/up rows may be strided
@@ -135,18 +135,15 @@ __device__ void rope_write_kv(T* __restrict__ q_out, T* __restrict__ k_cache, T*
                               const float* __restrict__ cos_table, const float* __restrict__ sin_table,
                               const unsigned int* __restrict__ positions, const unsigned int* __restrict__ slots,
                               unsigned int num_heads, unsigned int num_kv_heads, unsigned int head_dim) {
-    const unsigned int token = blockIdx.x;
+    const unsigned int token = blockIdx.x, head_index = blockIdx.y;  // q heads, then kv heads
     const unsigned int half = head_dim / 2;
     const unsigned long long pos = positions[token];
     const unsigned long long slot = slots[token];
     const float* cos_row = cos_table + pos * half;
     const float* sin_row = sin_table + pos * half;
-    const unsigned int q_pairs = num_heads * half;
-    const unsigned int kv_pairs = num_kv_heads * half;
-    for (unsigned int p = threadIdx.x; p < q_pairs + kv_pairs; p += blockDim.x) {
-        const bool is_q = p < q_pairs;
-        const unsigned int local = is_q ? p : p - q_pairs;
-        const unsigned int head = local / half, i = local % half;
+    const bool is_q = head_index < num_heads;
+    const unsigned int head = is_q ? head_index : head_index - num_heads;
+    for (unsigned int i = threadIdx.x; i < half; i += blockDim.x) {
         const float c = cos_row[i], s = sin_row[i];
         if (is_q) {
             const unsigned long long at = ((unsigned long long)token * num_heads + head) * head_dim;

@@ -25,10 +25,24 @@ use super::split::{max_row_positions, SplitChoice, MIN_SPLIT_POSITIONS};
 use super::{kernel_metadata, AttentionLayout, CUDA_SOURCE};
 use crate::nvrtc::{contiguous_view, CudaModule};
 
-/// Threads per block: one chunk of context positions per iteration.
-const NUM_THREADS: u32 = 128;
-/// Each thread accumulates at most this many output dims (`MAX_DIMS_PER_THREAD` in the .cu).
-const MAX_DIMS_PER_THREAD: usize = 4;
+/// Threads of an attending block (each warp walks its own share of the positions): many warps
+/// when the grid is too small to fill the GPU (a few rows: the positions' load latencies
+/// overlap across warps), fewer when many blocks share each SM. With a fixed split (batch-
+/// invariant mode) always `INVARIANT_THREADS`: the warp count sets the order of the sums, so it
+/// must not depend on the batch.
+const FEW_BLOCKS_THREADS: u32 = 512;
+const MANY_BLOCKS_THREADS: u32 = 256;
+const INVARIANT_THREADS: u32 = 256;
+
+fn attending_threads(splits: SplitChoice, blocks: usize, num_sms: usize) -> u32 {
+    match splits {
+        SplitChoice::Fixed(_) => INVARIANT_THREADS,
+        SplitChoice::Auto if blocks <= num_sms => FEW_BLOCKS_THREADS,
+        SplitChoice::Auto => MANY_BLOCKS_THREADS,
+    }
+}
+/// The widest head the kernels take: 32 lanes x 8 dims (`DPL` in the .cu).
+const MAX_HEAD_DIM: usize = 256;
 /// Threads of a combine block (one output dim each, looping when head_dim is larger).
 const COMBINE_THREADS: u32 = 128;
 
@@ -71,6 +85,8 @@ struct Launch<'a, T> {
     scale: f32,
     num_row_heads: usize,
     head_dim: usize,
+    /// Threads of an attending block.
+    threads: u32,
 }
 
 impl<T: DeviceRepr> Launch<'_, T> {
@@ -88,10 +104,19 @@ impl<T: DeviceRepr> Launch<'_, T> {
         builder.arg(&self.scale);
     }
 
-    /// Dynamic shared memory of an attending block (see `attend_smem` in the .cu).
+    /// Dynamic shared memory of an attending block: every warp's accumulator (`gather_warps`).
     fn shared_mem_bytes(&self) -> u32 {
-        let num_floats = self.head_dim + NUM_THREADS as usize;
-        ((num_floats + num_floats % 2) * 4 + NUM_THREADS as usize * 8) as u32
+        (self.threads as usize / 32 * self.head_dim * 4) as u32
+    }
+
+    /// The attending kernel for this head size: `{name}_{suffix}_d{DPL}`, DPL = dims per lane.
+    fn kernel_name(&self, name: &str, suffix: &str) -> String {
+        let dims_per_lane = match self.head_dim {
+            0..=64 => 2,
+            65..=128 => 4,
+            _ => 8,
+        };
+        format!("{name}_{suffix}_d{dims_per_lane}")
     }
 }
 
@@ -105,8 +130,8 @@ fn launch<T: CudaDType + DeviceRepr>(
     let dev = q_storage.device().clone();
     let (num_rows, num_heads, head_dim) = q_layout.shape().dims3()?;
     let (_, block_size, num_kv_heads, _) = inputs.k_cache.1.shape().dims4()?;
-    if head_dim > MAX_DIMS_PER_THREAD * NUM_THREADS as usize {
-        candle_core::bail!("paged attention (cuda): head_dim {head_dim} > {}", MAX_DIMS_PER_THREAD * NUM_THREADS as usize);
+    if head_dim > MAX_HEAD_DIM {
+        candle_core::bail!("paged attention (cuda): head_dim {head_dim} > {MAX_HEAD_DIM}");
     }
     let shape = Shape::from((num_rows, num_heads, head_dim));
     if num_rows == 0 {
@@ -132,11 +157,12 @@ fn launch<T: CudaDType + DeviceRepr>(
     if meta.len() < 2 * num_rows + 1 {
         candle_core::bail!("paged attention (cuda): metadata has {} entries for {num_rows} rows", meta.len());
     }
+    let num_sms = multiprocessor_count(&dev)?;
     let num_splits = match splits {
         SplitChoice::Fixed(_) => splits.resolve(num_rows, num_heads, 0, 0),
         SplitChoice::Auto => {
             let max_positions = max_row_positions(layout, num_rows, meta.len());
-            splits.resolve(num_rows, num_heads, max_positions, multiprocessor_count(&dev)?)
+            splits.resolve(num_rows, num_heads, max_positions, num_sms)
         }
     };
     let launch = Launch {
@@ -150,6 +176,7 @@ fn launch<T: CudaDType + DeviceRepr>(
         scale: layout.scale,
         num_row_heads: num_rows * num_heads,
         head_dim,
+        threads: attending_threads(splits, num_rows * num_heads * num_splits, num_sms),
     };
     let out = match num_splits {
         1 => launch_one_block(suffix, q_storage, &launch)?,
@@ -173,10 +200,10 @@ fn launch_one_block<T: CudaDType + DeviceRepr>(
     let dev = q_storage.device();
     // SAFETY: every element is written by the kernel (each (row, head) block writes its row).
     let out = unsafe { dev.alloc::<T>(launch.num_row_heads * launch.head_dim)? };
-    let func = MODULE.function(q_storage, &format!("paged_attention_{suffix}"))?;
+    let func = MODULE.function(q_storage, &launch.kernel_name("paged_attention", suffix))?;
     let cfg = LaunchConfig {
         grid_dim: (launch.num_row_heads as u32, 1, 1),
-        block_dim: (NUM_THREADS, 1, 1),
+        block_dim: (launch.threads, 1, 1),
         shared_mem_bytes: launch.shared_mem_bytes(),
     };
     let mut builder = func.builder();
@@ -205,10 +232,10 @@ fn launch_split<T: CudaDType + DeviceRepr>(
     let stats = scratch.slice(0..2 * num_partials);
     let acc = scratch.slice(2 * num_partials..);
 
-    let split = MODULE.function(q_storage, &format!("paged_attention_split_{suffix}"))?;
+    let split = MODULE.function(q_storage, &launch.kernel_name("paged_attention_split", suffix))?;
     let cfg = LaunchConfig {
         grid_dim: (launch.num_row_heads as u32, num_splits as u32, 1),
-        block_dim: (NUM_THREADS, 1, 1),
+        block_dim: (launch.threads, 1, 1),
         shared_mem_bytes: launch.shared_mem_bytes(),
     };
     let min_split_len = MIN_SPLIT_POSITIONS as u32;

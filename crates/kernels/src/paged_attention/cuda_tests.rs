@@ -39,9 +39,14 @@ fn gpu_vs_reference(case: &Case, device: &Device, dtype: DType) -> f32 {
 #[test]
 fn nvrtc_compiles_the_kernel_source() {
     let ptx = cuda::MODULE.compile().unwrap_or_else(|e| panic!("NVRTC failed: {e:?}")).to_src();
-    for kernel in ["paged_attention", "paged_attention_split", "paged_attention_combine"] {
-        for suffix in ["f32", "bf16", "f16"] {
-            assert!(ptx.contains(&format!(".entry {kernel}_{suffix}(")), "PTX lacks {kernel}_{suffix}");
+    for suffix in ["f32", "bf16", "f16"] {
+        let mut kernels = vec![format!("paged_attention_combine_{suffix}")];
+        for dims_per_lane in [2, 4, 8] {
+            kernels.push(format!("paged_attention_{suffix}_d{dims_per_lane}"));
+            kernels.push(format!("paged_attention_split_{suffix}_d{dims_per_lane}"));
+        }
+        for kernel in kernels {
+            assert!(ptx.contains(&format!(".entry {kernel}(")), "PTX lacks {kernel}");
         }
     }
 }

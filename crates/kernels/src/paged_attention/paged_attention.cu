@@ -10,45 +10,26 @@
 //   l = sum exp(s - m), acc[d] = sum exp(s - m) v[d], all F32) to a scratch buffer; the combine
 //   kernel rescales the partials to their common max (log-sum-exp) and writes the output.
 //
-// The inner loop walks positions in chunks of blockDim.x: each thread scores one position (q·k
-// over head_dim, F32), the block reduces the chunk's max and sum (online softmax), then each
-// thread accumulates its output dims over the chunk's V rows.
-//
-// Split ranges are computed here, from the row's actual visible span, never by the host: the
-// host fixes only `num_splits` (gridDim.y), from data that is constant for a recorded CUDA graph.
-// Each split takes `split_len = max(min_split_len, ceil(span / num_splits) rounded up to
-// blockDim.x)` positions; splits past the end of the span write the neutral partial (m = -inf,
-// l = 0, acc untouched) that the combine step skips. Every row has at least one visible
-// position (its own), so split 0 is never empty and the combined sum is positive.
-//
-// Metadata (u32): row_pos[num_rows] (absolute position of the row's token), row_table[num_rows]
-// (offset of the row's sequence's block table in block_tables), block_tables[...] (block ids).
-// Pools are [num_blocks, block_size, num_kv_heads, head_dim]; q and out [num_rows, num_heads,
-// head_dim]; partial_stats [num_rows * num_heads, num_splits, 2] (m, l) and partial_acc
-// [num_rows * num_heads, num_splits, head_dim], F32. Indexing into the pool is 64-bit.
+// The inner loop: each warp runs its own online softmax over its share of the positions, one
+// position per lane (warp w of W takes positions begin + w, + W, + 2W, ...), so the loop has no
+// block-wide barrier. A position's score is a warp-wide dot product (lane `lane` holds dims lane,
+// lane + 32, ...: coalesced K reads); the warp reduces its chunk's max and sum, then accumulates its
+// positions' V rows over all dims (lane-strided again). Positions go four at a time through a warp,
+// so four rows' loads are in flight together. At the end the warps' states (max, sum, output) are
+// combined in warp order, as the split path's combine kernel does for splits. The order of every
+// sum depends only on the row's own positions and the block's warp count (which the host keeps
+// fixed in batch-invariant mode), never on the other rows of the batch.
 
-#define MAX_DIMS_PER_THREAD 4
+#define IN_FLIGHT 4  // positions a warp has in flight at once
+#define MAX_DIMS_PER_THREAD 4  // output dims per thread after the warps' accumulators are gathered
 #define MAX_WARPS 32
 
-// Reduces over the block; every thread gets the result. `scratch` holds MAX_WARPS floats.
-__device__ float block_max(float v, float* scratch) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, num_warps = blockDim.x / 32;
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    v = lane < num_warps ? scratch[lane] : NEG_INF;
+__device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
-__device__ float block_sum(float v, float* scratch) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, num_warps = blockDim.x / 32;
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    v = lane < num_warps ? scratch[lane] : 0.0f;
+__device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
@@ -86,89 +67,157 @@ __device__ __forceinline__ RowHead row_head(
     return r;
 }
 
-// Shared memory of the attending kernels. Dynamic part: q row [head_dim] f32, weights
-// [blockDim.x] f32, padding to 8 bytes, slots [blockDim.x] u64. blockDim.x is a multiple of 32,
-// at most 1024.
-struct AttendSmem {
-    float* q;
-    float* w;
-    unsigned long long* slot;
+// A lane's dims of a head row: d = lane + 32 j for j < DPL (DPL = ceil(head_dim / 32), at most 8).
+template <int DPL>
+struct LaneRow {
+    float v[DPL];
 };
 
-__device__ __forceinline__ AttendSmem attend_smem(unsigned char* smem, unsigned int head_dim) {
-    AttendSmem s;
-    s.q = (float*)smem;
-    s.w = s.q + head_dim;
-    const unsigned int num_floats = head_dim + blockDim.x;
-    s.slot = (unsigned long long*)(s.q + num_floats + (num_floats & 1));
+template <typename T, int DPL>
+__device__ __forceinline__ LaneRow<DPL> load_lane_row(const T* row, unsigned int head_dim) {
+    const unsigned int lane = threadIdx.x % 32;
+    LaneRow<DPL> r;
+#pragma unroll
+    for (int j = 0; j < DPL; ++j) {
+        const unsigned int d = lane + 32 * j;
+        r.v[j] = d < head_dim ? to_f32(row[d]) : 0.0f;
+    }
+    return r;
+}
+
+// A warp's running state over its positions: its max and sum (warp-uniform) and its part of the
+// unnormalized output (lane dims, see LaneRow).
+template <int DPL>
+struct AttendState {
+    float running_max;
+    float running_sum;
+    LaneRow<DPL> acc;
+};
+
+template <int DPL>
+__device__ __forceinline__ AttendState<DPL> attend_start() {
+    AttendState<DPL> s;
+    s.running_max = NEG_INF;
+    s.running_sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < DPL; ++j) s.acc.v[j] = 0.0f;
     return s;
 }
 
-template <typename T>
-__device__ __forceinline__ void load_q(float* q_sh, const T* q, const RowHead& r, unsigned int num_heads, unsigned int head_dim) {
-    const T* q_row = q + ((unsigned long long)r.row * num_heads + r.head) * head_dim;
-    for (unsigned int d = threadIdx.x; d < head_dim; d += blockDim.x) q_sh[d] = to_f32(q_row[d]);
-    __syncthreads();
-}
-
-// Online softmax of the query in `sm.q` over positions [begin, end) of the row's sequence,
-// folded into the running state (running_max, running_sum, acc): afterwards
-// acc[i] = sum_p exp(s_p - running_max) v_p[threadIdx.x + i * blockDim.x] and
-// running_sum = sum_p exp(s_p - running_max) over all positions folded so far. An empty range
-// leaves the state as it was. Every thread of the block must call it with the same range.
-template <typename T>
+// Online softmax of the query (lane dims in `q`) over this warp's share of positions [begin, end)
+// of the row's sequence, folded into the warp's `st`: afterwards acc = sum_p exp(s_p -
+// running_max) v_p and running_sum = sum_p exp(s_p - running_max) over the warp's positions. A
+// warp without positions keeps running_max = -inf, running_sum = 0.
+template <typename T, int DPL>
 __device__ void attend_range(
-    const AttendSmem& sm,
-    float* scratch,
     const T* __restrict__ k_cache,
     const T* __restrict__ v_cache,
     const RowHead& r,
+    const LaneRow<DPL>& q,
     unsigned int begin,
     unsigned int end,
     unsigned int head_dim,
     unsigned int block_size,
     float scale,
-    float* acc,
-    float& running_max,
-    float& running_sum
+    AttendState<DPL>& st
 ) {
+    const unsigned int lane = threadIdx.x % 32, warp = threadIdx.x / 32, num_warps = blockDim.x / 32;
     for (unsigned int chunk = begin; chunk < end; chunk += blockDim.x) {
-        const unsigned int p = chunk + threadIdx.x;
-        const bool valid = p < end;
+        // The warp's positions in this chunk (count of them warp-uniform, >= 1), the lane's own
+        // position and its slot.
+        const unsigned int first = chunk + warp;
+        if (first >= end) break;
+        const unsigned int count = umin(32u, (end - first + num_warps - 1) / num_warps);
+        const unsigned int p = first + lane * num_warps;
+        const bool valid = lane < count;
+        const unsigned long long my_slot =
+            valid ? (unsigned long long)r.table[p / block_size] * block_size + p % block_size : 0;
         float score = NEG_INF;
-        if (valid) {
-            const unsigned long long slot =
-                (unsigned long long)r.table[p / block_size] * block_size + p % block_size;
-            sm.slot[threadIdx.x] = slot;
-            const T* k_row = k_cache + slot * r.row_stride + r.head_offset;
-            float dot = 0.0f;
-            for (unsigned int d = 0; d < head_dim; ++d) dot += sm.q[d] * to_f32(k_row[d]);
-            score = dot * scale;
-        }
-        const float chunk_max = block_max(score, scratch);
-        const float new_max = fmaxf(running_max, chunk_max);
-        const float weight = valid ? expf(score - new_max) : 0.0f;
-        sm.w[threadIdx.x] = weight;
-        const float chunk_sum = block_sum(weight, scratch);  // also orders the w/slot writes
-        const float correction = expf(running_max - new_max);
-        running_sum = running_sum * correction + chunk_sum;
-        running_max = new_max;
-        const unsigned int num_in_chunk = umin(blockDim.x, end - chunk);
-        for (int i = 0; i < MAX_DIMS_PER_THREAD; ++i) {
-            const unsigned int d = threadIdx.x + i * blockDim.x;
-            if (d >= head_dim) break;
-            float a = acc[i] * correction;
-            for (unsigned int j = 0; j < num_in_chunk; ++j) {
-                a += sm.w[j] * to_f32(v_cache[sm.slot[j] * r.row_stride + r.head_offset + d]);
+        for (unsigned int i = 0; i < count; i += IN_FLIGHT) {
+            float dot[IN_FLIGHT];
+#pragma unroll
+            for (int u = 0; u < IN_FLIGHT; ++u) {
+                const unsigned long long slot = __shfl_sync(0xffffffffu, my_slot, (i + u) % 32);
+                dot[u] = 0.0f;
+                if (i + u < count) {
+                    const LaneRow<DPL> k = load_lane_row<T, DPL>(k_cache + slot * r.row_stride + r.head_offset, head_dim);
+#pragma unroll
+                    for (int j = 0; j < DPL; ++j) dot[u] += q.v[j] * k.v[j];
+                }
             }
-            acc[i] = a;
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+                for (int u = 0; u < IN_FLIGHT; ++u) dot[u] += __shfl_xor_sync(0xffffffffu, dot[u], o);
+#pragma unroll
+            for (int u = 0; u < IN_FLIGHT; ++u)
+                if (lane == i + u) score = dot[u] * scale;
         }
-        __syncthreads();  // w and slot are rewritten by the next chunk
+        const float new_max = fmaxf(st.running_max, warp_max(score));
+        const float weight = valid ? expf(score - new_max) : 0.0f;
+        const float correction = expf(st.running_max - new_max);
+        st.running_sum = st.running_sum * correction + warp_sum(weight);
+        st.running_max = new_max;
+#pragma unroll
+        for (int j = 0; j < DPL; ++j) st.acc.v[j] *= correction;
+        for (unsigned int i = 0; i < count; i += IN_FLIGHT) {
+#pragma unroll
+            for (int u = 0; u < IN_FLIGHT; ++u) {
+                const unsigned long long slot = __shfl_sync(0xffffffffu, my_slot, (i + u) % 32);
+                const float w = __shfl_sync(0xffffffffu, weight, (i + u) % 32);
+                if (i + u < count) {
+                    const LaneRow<DPL> v = load_lane_row<T, DPL>(v_cache + slot * r.row_stride + r.head_offset, head_dim);
+#pragma unroll
+                    for (int j = 0; j < DPL; ++j) st.acc.v[j] += w * v.v[j];
+                }
+            }
+        }
     }
 }
 
+// The warps' states combined in warp order (rescaled to their common max): thread t gets dims
+// t + i * blockDim.x of the unnormalized output in out[i]; the returned state holds the block's max
+// and sum. `gather` holds num_warps * head_dim floats (dynamic shared memory), `stats` 2 *
+// num_warps.
+template <int DPL>
+__device__ __forceinline__ void gather_warps(AttendState<DPL>& st, float* gather, float* stats, unsigned int head_dim,
+                                             float out[MAX_DIMS_PER_THREAD]) {
+    const unsigned int lane = threadIdx.x % 32, warp = threadIdx.x / 32, num_warps = blockDim.x / 32;
+#pragma unroll
+    for (int j = 0; j < DPL; ++j) {
+        const unsigned int d = lane + 32 * j;
+        if (d < head_dim) gather[warp * head_dim + d] = st.acc.v[j];
+    }
+    if (lane == 0) {
+        stats[2 * warp] = st.running_max;
+        stats[2 * warp + 1] = st.running_sum;
+    }
+    __syncthreads();
+    float block_max = NEG_INF;
+    for (unsigned int w = 0; w < num_warps; ++w)
+        if (stats[2 * w + 1] > 0.0f) block_max = fmaxf(block_max, stats[2 * w]);
+    float block_sum = 0.0f;
+    for (int i = 0; i < MAX_DIMS_PER_THREAD; ++i) out[i] = 0.0f;
+    for (unsigned int w = 0; w < num_warps; ++w) {
+        if (stats[2 * w + 1] <= 0.0f) continue;  // a warp without positions
+        const float scale = expf(stats[2 * w] - block_max);
+        block_sum += scale * stats[2 * w + 1];
+        for (int i = 0; i < MAX_DIMS_PER_THREAD; ++i) {
+            const unsigned int d = threadIdx.x + i * blockDim.x;
+            if (d < head_dim) out[i] += scale * gather[w * head_dim + d];
+        }
+    }
+    st.running_max = block_max;
+    st.running_sum = block_sum;
+}
+
+template <typename T, int DPL>
+__device__ __forceinline__ LaneRow<DPL> load_q(const T* q, const RowHead& r, unsigned int num_heads, unsigned int head_dim) {
+    return load_lane_row<T, DPL>(q + ((unsigned long long)r.row * num_heads + r.head) * head_dim, head_dim);
+}
+
 // One block per (row, head): grid (num_rows * num_heads).
-template <typename T>
+template <typename T, int DPL>
 __device__ void paged_attention(
     T* __restrict__ out,
     const T* __restrict__ q,
@@ -184,19 +233,16 @@ __device__ void paged_attention(
     unsigned int sliding_window,  // 0: none
     float scale
 ) {
-    extern __shared__ unsigned char smem[];
-    __shared__ float scratch[MAX_WARPS];
-    const AttendSmem sm = attend_smem(smem, head_dim);
+    extern __shared__ float gather[];
+    __shared__ float stats[2 * MAX_WARPS];
     const RowHead r = row_head(blockIdx.x, row_pos, row_table, block_tables, num_heads, num_kv_heads, head_dim, sliding_window);
-    load_q(sm.q, q, r, num_heads, head_dim);
-
+    const LaneRow<DPL> qv = load_q<T, DPL>(q, r, num_heads, head_dim);
+    AttendState<DPL> st = attend_start<DPL>();
+    attend_range<T, DPL>(k_cache, v_cache, r, qv, r.first, r.pos + 1, head_dim, block_size, scale, st);
     float acc[MAX_DIMS_PER_THREAD];
-    for (int i = 0; i < MAX_DIMS_PER_THREAD; ++i) acc[i] = 0.0f;
-    float running_max = NEG_INF;
-    float running_sum = 0.0f;
-    attend_range(sm, scratch, k_cache, v_cache, r, r.first, r.pos + 1, head_dim, block_size, scale, acc, running_max, running_sum);
+    gather_warps<DPL>(st, gather, stats, head_dim, acc);
 
-    const float inv = 1.0f / running_sum;
+    const float inv = 1.0f / st.running_sum;
     T* out_row = out + ((unsigned long long)r.row * num_heads + r.head) * head_dim;
     for (int i = 0; i < MAX_DIMS_PER_THREAD; ++i) {
         const unsigned int d = threadIdx.x + i * blockDim.x;
@@ -207,7 +253,7 @@ __device__ void paged_attention(
 
 // Split over the sequence: grid (num_rows * num_heads, num_splits); block (x, y) writes the
 // partial state of row-head x over its y-th range of visible positions (see the file comment).
-template <typename T>
+template <typename T, int DPL>
 __device__ void paged_attention_split(
     float* __restrict__ partial_stats,
     float* __restrict__ partial_acc,
@@ -225,17 +271,15 @@ __device__ void paged_attention_split(
     float scale,
     unsigned int min_split_len
 ) {
-    extern __shared__ unsigned char smem[];
-    __shared__ float scratch[MAX_WARPS];
+    extern __shared__ float gather[];
+    __shared__ float stats[2 * MAX_WARPS];
     const unsigned int split = blockIdx.y;
     const unsigned int num_splits = gridDim.y;
     const unsigned long long partial = (unsigned long long)blockIdx.x * num_splits + split;
     const RowHead r = row_head(blockIdx.x, row_pos, row_table, block_tables, num_heads, num_kv_heads, head_dim, sliding_window);
 
     const unsigned int span = r.pos + 1 - r.first;
-    unsigned int split_len = (span + num_splits - 1) / num_splits;
-    split_len = (split_len + blockDim.x - 1) / blockDim.x * blockDim.x;
-    split_len = umax(split_len, min_split_len);
+    const unsigned int split_len = umax((span + num_splits - 1) / num_splits, min_split_len);
     const unsigned long long offset = (unsigned long long)split * split_len;
     if (offset >= span) {
         // Neutral partial: the whole block leaves together (no barrier is reached).
@@ -248,17 +292,15 @@ __device__ void paged_attention_split(
     const unsigned int begin = r.first + (unsigned int)offset;
     const unsigned int end = umin(begin + split_len, r.pos + 1);
 
-    const AttendSmem sm = attend_smem(smem, head_dim);
-    load_q(sm.q, q, r, num_heads, head_dim);
+    const LaneRow<DPL> qv = load_q<T, DPL>(q, r, num_heads, head_dim);
+    AttendState<DPL> st = attend_start<DPL>();
+    attend_range<T, DPL>(k_cache, v_cache, r, qv, begin, end, head_dim, block_size, scale, st);
     float acc[MAX_DIMS_PER_THREAD];
-    for (int i = 0; i < MAX_DIMS_PER_THREAD; ++i) acc[i] = 0.0f;
-    float running_max = NEG_INF;
-    float running_sum = 0.0f;
-    attend_range(sm, scratch, k_cache, v_cache, r, begin, end, head_dim, block_size, scale, acc, running_max, running_sum);
+    gather_warps<DPL>(st, gather, stats, head_dim, acc);
 
     if (threadIdx.x == 0) {
-        partial_stats[2 * partial] = running_max;
-        partial_stats[2 * partial + 1] = running_sum;
+        partial_stats[2 * partial] = st.running_max;
+        partial_stats[2 * partial + 1] = st.running_sum;
     }
     float* acc_row = partial_acc + partial * head_dim;
     for (int i = 0; i < MAX_DIMS_PER_THREAD; ++i) {
@@ -303,26 +345,32 @@ __device__ void paged_attention_combine(
     }
 }
 
-#define INSTANTIATE(SUFFIX, T)                                                                 \
-    extern "C" __global__ void paged_attention_##SUFFIX(                                       \
+// Kernels per type and per DPL (lane dims: head_dim up to 32 * DPL), named `..._SUFFIX_dDPL`.
+#define INSTANTIATE_DPL(SUFFIX, T, DPL)                                                        \
+    extern "C" __global__ void paged_attention_##SUFFIX##_d##DPL(                              \
         T* out, const T* q, const T* k_cache, const T* v_cache, const unsigned int* row_pos,   \
         const unsigned int* row_table, const unsigned int* block_tables,                       \
         unsigned int num_heads, unsigned int num_kv_heads, unsigned int head_dim,              \
         unsigned int block_size, unsigned int sliding_window, float scale) {                   \
-        paged_attention<T>(out, q, k_cache, v_cache, row_pos, row_table, block_tables,          \
-                           num_heads, num_kv_heads, head_dim, block_size, sliding_window,      \
-                           scale);                                                             \
+        paged_attention<T, DPL>(out, q, k_cache, v_cache, row_pos, row_table, block_tables,     \
+                                num_heads, num_kv_heads, head_dim, block_size, sliding_window, \
+                                scale);                                                        \
     }                                                                                          \
-    extern "C" __global__ void paged_attention_split_##SUFFIX(                                 \
+    extern "C" __global__ void paged_attention_split_##SUFFIX##_d##DPL(                        \
         float* partial_stats, float* partial_acc, const T* q, const T* k_cache,                \
         const T* v_cache, const unsigned int* row_pos, const unsigned int* row_table,          \
         const unsigned int* block_tables, unsigned int num_heads, unsigned int num_kv_heads,   \
         unsigned int head_dim, unsigned int block_size, unsigned int sliding_window,           \
         float scale, unsigned int min_split_len) {                                             \
-        paged_attention_split<T>(partial_stats, partial_acc, q, k_cache, v_cache, row_pos,     \
-                                 row_table, block_tables, num_heads, num_kv_heads, head_dim,   \
-                                 block_size, sliding_window, scale, min_split_len);            \
-    }                                                                                          \
+        paged_attention_split<T, DPL>(partial_stats, partial_acc, q, k_cache, v_cache, row_pos, \
+                                      row_table, block_tables, num_heads, num_kv_heads,         \
+                                      head_dim, block_size, sliding_window, scale,              \
+                                      min_split_len);                                           \
+    }
+#define INSTANTIATE(SUFFIX, T)                                                                 \
+    INSTANTIATE_DPL(SUFFIX, T, 2)                                                              \
+    INSTANTIATE_DPL(SUFFIX, T, 4)                                                              \
+    INSTANTIATE_DPL(SUFFIX, T, 8)                                                              \
     extern "C" __global__ void paged_attention_combine_##SUFFIX(                               \
         T* out, const float* partial_stats, const float* partial_acc, unsigned int num_splits, \
         unsigned int head_dim) {                                                               \

@@ -23,9 +23,8 @@
 
 use super::AttentionLayout;
 
-/// No split range is shorter than this many positions: one chunk of the kernel's 128 threads
-/// (the kernel rounds ranges up to whole chunks anyway). Measured on an H100 (PERF.md): 128
-/// beat 256 at 1k–16k contexts; 64 gained nothing over 128.
+/// No split range is shorter than this many positions. Measured on an H100 (PERF.md, with the
+/// earlier thread-per-position kernel): 128 beat 256 at 1k–16k contexts; 64 gained nothing.
 pub const MIN_SPLIT_POSITIONS: usize = 128;
 /// Upper bound on splits per (row, head); bounds the scratch buffer.
 pub const MAX_SPLITS: usize = 64;
