@@ -45,7 +45,8 @@ pub struct ForwardBatch {
     pub positions: Tensor,
     /// `[num_tokens]` u32, where each token's K/V is written
     pub slot_mapping: Tensor,
-    /// `[num_logit_rows]` u32, rows of the flattened batch whose logits are returned
+    /// `[num_logit_rows]` u32, rows of the flattened batch whose logits are returned: ascending,
+    /// each row at most once (a sequence's last row, or every row of a padded step)
     pub logit_rows: Tensor,
     pub num_logit_rows: usize,
     /// Sequences for attention (block tables, lengths); the scale and window are set per layer.

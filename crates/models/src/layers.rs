@@ -399,6 +399,9 @@ impl RmsNorm {
     /// residual stream on a GPU is normalized in F32, then rounded to the activations' type).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;
+        if x.dtype() == DType::F32 && matches!(self.weight.dtype(), DType::BF16 | DType::F16) {
+            return Ok(fused::rms_norm_f32_stream(&x, &self.weight, self.eps)?);
+        }
         if x.dtype() != self.weight.dtype() {
             let normed = candle_nn::ops::rms_norm(&x, &self.weight.to_dtype(x.dtype())?, self.eps)?;
             return Ok(normed.to_dtype(self.weight.dtype())?);

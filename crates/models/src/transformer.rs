@@ -7,7 +7,7 @@
 
 use std::ops::Range;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::attention::{Attention, QkvProj};
 use crate::config::{LayerKind, ModelConfig};
@@ -314,9 +314,10 @@ pub(crate) fn check_kv_layers(kv_cache: &PagedKvCache, num_blocks: usize) -> Res
     Ok(())
 }
 
-/// The batch's token ids embedded (and scaled, Gemma). `[num_tokens, hidden]`
+/// The batch's token ids embedded (and scaled, Gemma) in the residual stream's dtype for
+/// activations of `dtype`. `[num_tokens, hidden]`
 pub(crate) fn embed_tokens(embed: &Embedding, scale: Option<f64>, batch: &ForwardBatch, dtype: DType) -> Result<Tensor> {
-    let embedded = embed.forward(&batch.token_ids, dtype)?;
+    let embedded = embed.forward(&batch.token_ids, ResidualStream::dtype(dtype, batch.token_ids.device()))?;
     Ok(match scale {
         Some(scale) => (embedded * scale)?,
         None => embedded,
@@ -336,12 +337,18 @@ pub(crate) struct ResidualStream {
 }
 
 impl ResidualStream {
+    /// The stream's dtype for activations of `dtype` on `device`: F32 for BF16/F16 on a GPU.
+    /// (Embeddings are looked up in it directly, so quantized rows are not rounded on the way.)
+    pub(crate) fn dtype(dtype: DType, device: &Device) -> DType {
+        match dtype {
+            DType::BF16 | DType::F16 if device.is_cuda() => DType::F32,
+            other => other,
+        }
+    }
+
     /// A stream that starts from a whole hidden state (embeddings, or a previous stage's output).
     pub(crate) fn start(hidden: Tensor) -> Result<Self> {
-        let residual = match hidden.dtype() {
-            DType::BF16 | DType::F16 if hidden.device().is_cuda() => hidden.to_dtype(DType::F32)?,
-            _ => hidden,
-        };
+        let residual = hidden.to_dtype(Self::dtype(hidden.dtype(), hidden.device()))?;
         Ok(Self { residual, delta: None })
     }
 
@@ -370,8 +377,12 @@ impl ResidualStream {
     /// Only rows that need logits go through the final norm and the vocabulary projection.
     /// F32 `[num_logit_rows, vocab]`
     pub(crate) fn logits(self, norm: &RmsNorm, lm_head: &Linear, batch: &ForwardBatch) -> Result<Tensor> {
-        // [num_logit_rows, hidden]
-        let rows = |t: &Tensor| t.index_select(&batch.logit_rows, 0);
+        // [num_logit_rows, hidden]; logit rows ascend and name each row at most once, so as many
+        // as there are rows means all of them, in order (every generation step).
+        let rows = |t: &Tensor| match batch.num_logit_rows == t.dim(0)? {
+            true => Ok(t.clone()),
+            false => t.index_select(&batch.logit_rows, 0),
+        };
         let normed = || match &self.delta {
             Some(delta) => Ok(norm.forward_residual(&rows(delta)?, &rows(&self.residual)?)?.0),
             None => norm.forward(&rows(&self.residual)?),

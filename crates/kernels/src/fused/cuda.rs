@@ -147,61 +147,87 @@ pub fn add_rms_norm(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) ->
 /// `add_rms_norm_f32_residual_*`: `x` (BF16/F16) plus the F32 `residual` -> `(normed in x's
 /// dtype, sum in F32)`, rows of a multiple of 8 elements, at most `NORM_CHUNKS * 8 * 1024`.
 pub fn add_rms_norm_f32_residual(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
-    Ok(f32_residual_norm(x, residual, weight, eps)?)
+    let (normed, sum) = f32_stream_norm(Some(x), residual, weight, eps)?;
+    Ok((normed, sum.expect("the adding kernel returns the sum")))
 }
 
-fn f32_residual_norm(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) -> candle_core::Result<(Tensor, Tensor)> {
-    let (x, residual, weight) = (x.contiguous()?, residual.contiguous()?, weight.contiguous()?);
-    let (rows, hidden) = x.dims2()?;
-    if residual.dims() != [rows, hidden] || weight.dims() != [hidden] || residual.dtype() != DType::F32 || weight.dtype() != x.dtype() {
+/// `rms_norm_f32_stream_*`: the F32 `stream`'s norm in `weight`'s dtype (BF16/F16), same rows.
+pub fn rms_norm_f32_stream(stream: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    Ok(f32_stream_norm(None, stream, weight, eps)?.0)
+}
+
+/// With `x`: the adding kernel, `(normed, Some(sum))`; without: the stream's norm alone.
+fn f32_stream_norm(x: Option<&Tensor>, residual: &Tensor, weight: &Tensor, eps: f32) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    let (residual, weight) = (residual.contiguous()?, weight.contiguous()?);
+    let x = x.map(|x| x.contiguous()).transpose()?;
+    let (rows, hidden) = residual.dims2()?;
+    let x_fits = x.as_ref().is_none_or(|x| x.dims() == [rows, hidden] && x.dtype() == weight.dtype());
+    if !x_fits || weight.dims() != [hidden] || residual.dtype() != DType::F32 {
         candle_core::bail!(
-            "add_rms_norm_f32_residual: x {:?} {:?}, residual {:?} {:?}, weight {:?} {:?}",
-            x.dims(),
-            x.dtype(),
+            "add_rms_norm_f32_residual: x {:?}, residual {:?} {:?}, weight {:?} {:?}",
+            x.as_ref().map(|x| (x.dims().to_vec(), x.dtype())),
             residual.dims(),
             residual.dtype(),
             weight.dims(),
             weight.dtype()
         );
     }
-    let guards = [&x, &residual, &weight].map(|t| t.storage_and_layout());
+    let x_guard = x.as_ref().map(|x| x.storage_and_layout());
+    let guards = [&residual, &weight].map(|t| t.storage_and_layout());
     let cuda = |i: usize| cuda_operand(&guards[i].0, guards[i].1, "add_rms_norm_f32_residual");
-    let (normed, sum) = with_dtype!(x.dtype(), T, launch_add_rms_norm_f32_residual::<T>(eps, cuda(0)?, cuda(1)?, cuda(2)?, rows, hidden)?);
+    let x_operand = x_guard.as_ref().map(|(s, l)| cuda_operand(s, l, "add_rms_norm_f32_residual")).transpose()?;
+    let (normed, sum) = with_dtype!(weight.dtype(), T, launch_f32_stream_norm::<T>(eps, x_operand, cuda(0)?, cuda(1)?, rows, hidden)?);
     let wrap = |storage, dtype_shape: (usize, usize)| Tensor::from_storage(Storage::Cuda(storage), dtype_shape, BackpropOp::none(), false);
-    Ok((wrap(normed, (rows, hidden)), wrap(sum, (rows, hidden))))
+    Ok((wrap(normed, (rows, hidden)), sum.map(|sum| wrap(sum, (rows, hidden)))))
 }
 
-fn launch_add_rms_norm_f32_residual<T: CudaDType + DeviceRepr>(
+fn launch_f32_stream_norm<T: CudaDType + DeviceRepr>(
     eps: f32,
-    x: Operand,
+    x: Option<Operand>,
     r: Operand,
     w: Operand,
     rows: usize,
     hidden: usize,
-) -> candle_core::Result<(CudaStorage, CudaStorage)> {
+) -> candle_core::Result<(CudaStorage, Option<CudaStorage>)> {
     let chunks = hidden / 8;
-    if x.0.dtype() == DType::F32 || !hidden.is_multiple_of(8) || chunks > NORM_CHUNKS * 1024 || rows == 0 {
-        candle_core::bail!("add_rms_norm_f32_residual: {rows} rows of {hidden} {:?}", x.0.dtype());
+    if w.0.dtype() == DType::F32 || !hidden.is_multiple_of(8) || chunks > NORM_CHUNKS * 1024 || rows == 0 {
+        candle_core::bail!("add_rms_norm_f32_residual: {rows} rows of {hidden} {:?}", w.0.dtype());
     }
-    if [x.1, w.1].iter().any(|l| !l.start_offset().is_multiple_of(8)) || !r.1.start_offset().is_multiple_of(8) {
+    let starts = x.iter().chain([&w]).map(|o| o.1.start_offset()).chain([r.1.start_offset()]);
+    if starts.into_iter().any(|offset| !offset.is_multiple_of(8)) {
         candle_core::bail!("add_rms_norm_f32_residual: operands must start on 16-byte boundaries");
     }
-    let dev = x.0.device().clone();
-    let xv = contiguous_view::<T>(x.0, x.1, "add_rms_norm_f32_residual: x")?;
+    let dev = r.0.device().clone();
     let rv = contiguous_view::<f32>(r.0, r.1, "add_rms_norm_f32_residual: residual")?;
     let wv = contiguous_view::<T>(w.0, w.1, "add_rms_norm_f32_residual: weight")?;
-    // SAFETY: the kernel writes every element of both.
+    // SAFETY: the kernel writes every element of normed (and of sum, when it adds).
     let normed = unsafe { dev.alloc::<T>(rows * hidden)? };
-    let sum = unsafe { dev.alloc::<f32>(rows * hidden)? };
-    let func = MODULE.function(x.0, &format!("add_rms_norm_f32_residual_{}", suffix(x.0.dtype())?))?;
     let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads_for(chunks), 1, 1), shared_mem_bytes: 0 };
-    let mut b = func.builder();
     let hidden_u32 = hidden as u32;
-    b.arg(&normed).arg(&sum).arg(&xv).arg(&rv).arg(&wv).arg(&hidden_u32).arg(&eps);
-    // SAFETY: argument order and types match `add_rms_norm_f32_residual_*`; every view covers
-    // rows x hidden (weight: hidden) from a 16-byte boundary; the threads cover every chunk.
-    unsafe { b.launch(cfg) }.w()?;
-    Ok((CudaStorage::wrap_cuda_slice(normed, dev.clone()), CudaStorage::wrap_cuda_slice(sum, dev)))
+    let dtype = suffix(w.0.dtype())?;
+    let sum = match x {
+        Some(x) => {
+            let xv = contiguous_view::<T>(x.0, x.1, "add_rms_norm_f32_residual: x")?;
+            let sum = unsafe { dev.alloc::<f32>(rows * hidden)? };
+            let func = MODULE.function(r.0, &format!("add_rms_norm_f32_residual_{dtype}"))?;
+            let mut b = func.builder();
+            b.arg(&normed).arg(&sum).arg(&xv).arg(&rv).arg(&wv).arg(&hidden_u32).arg(&eps);
+            // SAFETY: argument order and types match `add_rms_norm_f32_residual_*`; every view
+            // covers rows x hidden (weight: hidden) from a 16-byte boundary; the threads cover
+            // every chunk.
+            unsafe { b.launch(cfg) }.w()?;
+            Some(CudaStorage::wrap_cuda_slice(sum, dev.clone()))
+        }
+        None => {
+            let func = MODULE.function(r.0, &format!("rms_norm_f32_stream_{dtype}"))?;
+            let mut b = func.builder();
+            b.arg(&normed).arg(&rv).arg(&wv).arg(&hidden_u32).arg(&eps);
+            // SAFETY: as above, for `rms_norm_f32_stream_*` (no x, no sum).
+            unsafe { b.launch(cfg) }.w()?;
+            None
+        }
+    };
+    Ok((CudaStorage::wrap_cuda_slice(normed, dev), sum))
 }
 
 // ---- rope_write_kv -----------------------------------------------------------------------

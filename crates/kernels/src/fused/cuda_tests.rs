@@ -41,7 +41,7 @@ fn nvrtc_compiles_the_fused_source() {
         }
     }
     for suffix in ["bf16", "f16"] {
-        for kernel in ["add_rms_norm8", "add_rms_norm_f32_residual"] {
+        for kernel in ["add_rms_norm8", "add_rms_norm_f32_residual", "rms_norm_f32_stream"] {
             assert!(ptx.contains(&format!(".entry {kernel}_{suffix}(")), "PTX lacks {kernel}_{suffix}");
         }
     }
@@ -62,6 +62,24 @@ fn add_rms_norm_f32_residual_matches_reference() {
             let (slow, slow_sum) = add_rms_norm_f32_residual_reference(&x, &r, &w, 1e-6).unwrap();
             assert_eq!((fast.dtype(), fast_sum.dtype()), (dtype, DType::F32));
             assert_eq!(max_abs_diff(&fast_sum, &slow_sum), 0.0, "{dtype:?} {rows}x{hidden} sum");
+            let diff = max_abs_diff(&fast, &slow);
+            assert!(diff <= tolerance(dtype), "{dtype:?} {rows}x{hidden}: {diff}");
+        }
+    }
+}
+
+/// The first block's norm of the F32 stream: one rounding to the weight's type away from the
+/// reference.
+#[test]
+fn rms_norm_f32_stream_matches_reference() {
+    let Some(device) = gpu() else { return };
+    for dtype in [DType::BF16, DType::F16] {
+        for (rows, hidden) in [(1, 640), (5, 4096), (2, 12288), (3, 8200)] {
+            let stream = (randn(&[rows, hidden], &device, DType::F32) * 30.0).unwrap();
+            let w = randn(&[hidden], &device, dtype);
+            let fast = rms_norm_f32_stream(&stream, &w, 1e-6).unwrap();
+            let slow = rms_norm_f32_stream_reference(&stream, &w, 1e-6).unwrap();
+            assert_eq!(fast.dtype(), dtype);
             let diff = max_abs_diff(&fast, &slow);
             assert!(diff <= tolerance(dtype), "{dtype:?} {rows}x{hidden}: {diff}");
         }

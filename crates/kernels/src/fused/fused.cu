@@ -7,7 +7,7 @@
 //   add_rms_norm8 is the same for BF16/F16 rows of 8-element chunks (16-byte loads, the sums
 //   kept in registers).
 //   add_rms_norm_f32_residual: the same on an F32 residual stream (the sum is stored in F32, not
-//   rounded).
+//   rounded); rms_norm_f32_stream: the norm of the F32 stream alone (before the first block).
 // rope_write_kv: one block per (token, head of q, k or v's kv head). Rotates q and k (half-split / NeoX rotary, F32 cos/sin
 //   tables indexed by position), writes the rotated q to q_out and k, v to the paged pool at the
 //   token's slot.
@@ -98,7 +98,8 @@ __device__ void add_rms_norm8(T* __restrict__ out, T* __restrict__ sum_out, cons
 // add_rms_norm8 on an F32 residual stream: sum = x + residual in F32 (not rounded), stored F32;
 // out = sum / rms(sum) * weight rounded to T. The stream between blocks keeps F32 precision on
 // the GPU as on the CPU (x is a block's BF16/F16 output).
-template <typename T>
+// ADD = false: the norm of the F32 stream alone (x and sum_out unused), the first block's norm.
+template <typename T, bool ADD>
 __device__ void add_rms_norm_f32_residual(T* __restrict__ out, float* __restrict__ sum_out, const T* __restrict__ x,
                                           const float* __restrict__ residual, const T* __restrict__ weight,
                                           unsigned int hidden, float eps) {
@@ -111,18 +112,20 @@ __device__ void add_rms_norm_f32_residual(T* __restrict__ out, float* __restrict
     for (int c = 0; c < NORM_CHUNKS; ++c) {
         const unsigned int chunk = threadIdx.x + c * blockDim.x;
         if (chunk < chunks) {
-            float a[8];
-            unpack8<T>(*(const uint4*)(x + base + 8 * chunk), a);
+            float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            if (ADD) unpack8<T>(*(const uint4*)(x + base + 8 * chunk), a);
             const float4* r = (const float4*)(residual + base + 8 * chunk);
             const float4 r0 = r[0], r1 = r[1];
             const float b[8] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
             for (int i = 0; i < 8; ++i) {
-                v[c][i] = a[i] + b[i];
+                v[c][i] = ADD ? a[i] + b[i] : b[i];
                 sq += v[c][i] * v[c][i];
             }
-            float4* s = (float4*)(sum_out + base + 8 * chunk);
-            s[0] = make_float4(v[c][0], v[c][1], v[c][2], v[c][3]);
-            s[1] = make_float4(v[c][4], v[c][5], v[c][6], v[c][7]);
+            if (ADD) {
+                float4* s = (float4*)(sum_out + base + 8 * chunk);
+                s[0] = make_float4(v[c][0], v[c][1], v[c][2], v[c][3]);
+                s[1] = make_float4(v[c][4], v[c][5], v[c][6], v[c][7]);
+            }
         }
     }
     const float inv_rms = rsqrtf(block_sum(sq, scratch) / (float)hidden + eps);
@@ -203,7 +206,11 @@ INSTANTIATE(f16, f16)
     extern "C" __global__ void add_rms_norm_f32_residual_##SUFFIX(T* out, float* sum_out, const T* x,    \
                                                                   const float* residual, const T* weight, \
                                                                   unsigned int hidden, float eps) {       \
-        add_rms_norm_f32_residual<T>(out, sum_out, x, residual, weight, hidden, eps);                 \
+        add_rms_norm_f32_residual<T, true>(out, sum_out, x, residual, weight, hidden, eps);           \
+    }                                                                                                 \
+    extern "C" __global__ void rms_norm_f32_stream_##SUFFIX(T* out, const float* stream, const T* weight, \
+                                                            unsigned int hidden, float eps) {          \
+        add_rms_norm_f32_residual<T, false>(out, nullptr, nullptr, stream, weight, hidden, eps);      \
     }
 
 INSTANTIATE8(bf16, bf16)

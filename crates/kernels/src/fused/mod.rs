@@ -56,22 +56,38 @@ pub fn add_rms_norm(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) ->
 /// BF16/F16 rows of a multiple of 8 elements; tensor ops elsewhere (the reference).
 pub fn add_rms_norm_f32_residual(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
     #[cfg(feature = "cuda")]
-    if x.device().is_cuda() && f32_residual_fast_path(x, residual, weight) {
+    if x.device().is_cuda() && x.dtype() == weight.dtype() && x.dims() == residual.dims() && f32_stream_fast_path(residual, weight) {
         return cuda::add_rms_norm_f32_residual(x, residual, weight, eps);
     }
     add_rms_norm_f32_residual_reference(x, residual, weight, eps)
 }
 
+/// The RMS norm of an F32 residual stream times a BF16/F16 `weight`, in the weight's dtype: the
+/// first block's norm on a GPU (no block output to add yet). One kernel on a GPU under the same
+/// conditions as [`add_rms_norm_f32_residual`]; tensor ops elsewhere (the reference).
+pub fn rms_norm_f32_stream(stream: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if stream.device().is_cuda() && f32_stream_fast_path(stream, weight) {
+        return cuda::rms_norm_f32_stream(stream, weight, eps);
+    }
+    rms_norm_f32_stream_reference(stream, weight, eps)
+}
+
+pub fn rms_norm_f32_stream_reference(stream: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    Ok(rms_norm_f32(&stream.to_dtype(DType::F32)?, weight, eps)?.to_dtype(weight.dtype())?)
+}
+
+/// Whether the kernels take an F32 stream `[rows > 0, hidden]` with a BF16/F16 `weight`.
 #[cfg(feature = "cuda")]
-fn f32_residual_fast_path(x: &Tensor, residual: &Tensor, weight: &Tensor) -> bool {
-    let hidden = x.dims().last().copied().unwrap_or(0);
-    matches!(x.dtype(), DType::BF16 | DType::F16)
-        && residual.dtype() == DType::F32
-        && weight.dtype() == x.dtype()
+fn f32_stream_fast_path(stream: &Tensor, weight: &Tensor) -> bool {
+    let hidden = stream.dims().last().copied().unwrap_or(0);
+    matches!(weight.dtype(), DType::BF16 | DType::F16)
+        && stream.dtype() == DType::F32
+        && weight.dims() == [hidden]
         && hidden % 8 == 0
         && hidden / 8 <= NORM_CHUNKS * 1024
-        && x.rank() == 2
-        && x.dim(0).is_ok_and(|rows| rows > 0)
+        && stream.rank() == 2
+        && stream.dim(0).is_ok_and(|rows| rows > 0)
 }
 
 pub fn add_rms_norm_f32_residual_reference(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {

@@ -1,9 +1,10 @@
 // Greedy choice per row of F32 logits: argmax, ties to the lowest id; 0xFFFFFFFF when the row
 // holds a NaN or +inf or is all -inf. One block of GREEDY_THREADS threads per row: each thread
-// scans a strided slice, then a shared-memory tree reduction keeps the (value, id) that wins
+// scans a strided slice (GREEDY_BATCH loads at a time), then a shared-memory tree reduction keeps the (value, id) that wins
 // (larger value, or equal value and lower id).
 
 #define GREEDY_THREADS 1024
+#define GREEDY_BATCH 8
 #define NO_TOKEN 0xFFFFFFFFu
 
 extern "C" __global__ void greedy_tokens_f32(const float* __restrict__ logits, unsigned int* __restrict__ out,
@@ -15,11 +16,20 @@ extern "C" __global__ void greedy_tokens_f32(const float* __restrict__ logits, u
     float value = NEG_INF;
     unsigned int id = NO_TOKEN;
     int non_finite = 0;
-    for (unsigned int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        float l = row[i];
-        if (isnan(l) || l == POS_INF) non_finite = 1;
-        // Strided ids rise within a thread, so `>` keeps this thread's lowest id on ties.
-        if (l > value) { value = l; id = i; }
+    // GREEDY_BATCH loads in flight per thread (a plain loop would wait for each in turn).
+    for (unsigned int first = threadIdx.x; first < vocab; first += GREEDY_BATCH * blockDim.x) {
+        float l[GREEDY_BATCH];
+#pragma unroll
+        for (int u = 0; u < GREEDY_BATCH; ++u) {
+            const unsigned int i = first + u * blockDim.x;
+            l[u] = i < vocab ? row[i] : NEG_INF;
+        }
+#pragma unroll
+        for (int u = 0; u < GREEDY_BATCH; ++u) {
+            if (isnan(l[u]) || l[u] == POS_INF) non_finite = 1;
+            // A thread's ids rise (u, then the next batch), so `>` keeps its lowest id on ties.
+            if (l[u] > value) { value = l[u]; id = first + u * blockDim.x; }
+        }
     }
     best_value[threadIdx.x] = value;
     best_id[threadIdx.x] = id;
