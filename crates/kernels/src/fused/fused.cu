@@ -51,17 +51,28 @@ __device__ void add_rms_norm(T* __restrict__ out, T* __restrict__ sum_out, const
 // in registers for the second pass instead of reading them back. Same results as add_rms_norm.
 #define NORM_CHUNKS 4
 
-// The second pass of the chunked norms: the thread's sums (chunks threadIdx.x + c * blockDim.x of
-// the row) times inv_rms and the weight, rounded to T into out_row.
+// The thread's weight chunks (threadIdx.x + c * blockDim.x), loaded before the first pass so
+// their latency overlaps it rather than following the block's reduction.
 template <typename T>
-__device__ __forceinline__ void normalize_chunks8(const float v[NORM_CHUNKS][8], float inv_rms, const T* __restrict__ weight,
+__device__ __forceinline__ void load_weight_chunks8(const T* __restrict__ weight, unsigned int chunks, uint4 w[NORM_CHUNKS]) {
+#pragma unroll
+    for (int c = 0; c < NORM_CHUNKS; ++c) {
+        const unsigned int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) w[c] = *(const uint4*)(weight + 8 * chunk);
+    }
+}
+
+// The second pass of the chunked norms: the thread's sums (chunks threadIdx.x + c * blockDim.x of
+// the row) times inv_rms and the weight chunks, rounded to T into out_row.
+template <typename T>
+__device__ __forceinline__ void normalize_chunks8(const float v[NORM_CHUNKS][8], float inv_rms, const uint4 w[NORM_CHUNKS],
                                                   T* __restrict__ out_row, unsigned int chunks) {
 #pragma unroll
     for (int c = 0; c < NORM_CHUNKS; ++c) {
         const unsigned int chunk = threadIdx.x + c * blockDim.x;
         if (chunk < chunks) {
             float wv[8], o[8];
-            unpack8<T>(*(const uint4*)(weight + 8 * chunk), wv);
+            unpack8<T>(w[c], wv);
             for (int i = 0; i < 8; ++i) o[i] = v[c][i] * inv_rms * wv[i];
             *(uint4*)(out_row + 8 * chunk) = pack8<T>(o);
         }
@@ -75,6 +86,8 @@ __device__ void add_rms_norm8(T* __restrict__ out, T* __restrict__ sum_out, cons
     __shared__ float scratch[MAX_WARPS];
     const unsigned long long base = (unsigned long long)blockIdx.x * hidden;
     const unsigned int chunks = hidden / 8;
+    uint4 w[NORM_CHUNKS];
+    load_weight_chunks8<T>(weight, chunks, w);
     float v[NORM_CHUNKS][8];
     float sq = 0.0f;
 #pragma unroll
@@ -92,7 +105,7 @@ __device__ void add_rms_norm8(T* __restrict__ out, T* __restrict__ sum_out, cons
         }
     }
     const float inv_rms = rsqrtf(block_sum(sq, scratch) / (float)hidden + eps);
-    normalize_chunks8<T>(v, inv_rms, weight, out + base, chunks);
+    normalize_chunks8<T>(v, inv_rms, w, out + base, chunks);
 }
 
 // add_rms_norm8 on an F32 residual stream: sum = x + residual in F32 (not rounded), stored F32;
@@ -106,6 +119,8 @@ __device__ void add_rms_norm_f32_residual(T* __restrict__ out, float* __restrict
     __shared__ float scratch[MAX_WARPS];
     const unsigned long long base = (unsigned long long)blockIdx.x * hidden;
     const unsigned int chunks = hidden / 8;
+    uint4 w[NORM_CHUNKS];
+    load_weight_chunks8<T>(weight, chunks, w);
     float v[NORM_CHUNKS][8];
     float sq = 0.0f;
 #pragma unroll
@@ -129,7 +144,7 @@ __device__ void add_rms_norm_f32_residual(T* __restrict__ out, float* __restrict
         }
     }
     const float inv_rms = rsqrtf(block_sum(sq, scratch) / (float)hidden + eps);
-    normalize_chunks8<T>(v, inv_rms, weight, out + base, chunks);
+    normalize_chunks8<T>(v, inv_rms, w, out + base, chunks);
 }
 
 template <typename T>
