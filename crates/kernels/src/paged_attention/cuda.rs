@@ -30,7 +30,7 @@ use crate::nvrtc::{contiguous_view, CudaModule};
 /// overlap across warps), fewer when many blocks share each SM. With a fixed split (batch-
 /// invariant mode) always `INVARIANT_THREADS`: the warp count sets the order of the sums, so it
 /// must not depend on the batch.
-const FEW_BLOCKS_THREADS: u32 = 512;
+const FEW_BLOCKS_THREADS: u32 = 512; // `__launch_bounds__(512)` in the .cu
 const MANY_BLOCKS_THREADS: u32 = 256;
 const INVARIANT_THREADS: u32 = 256;
 
@@ -41,8 +41,8 @@ fn attending_threads(splits: SplitChoice, blocks: usize, num_sms: usize) -> u32 
         SplitChoice::Auto => MANY_BLOCKS_THREADS,
     }
 }
-/// The widest head the kernels take: 32 lanes x 8 dims (`DPL` in the .cu).
-const MAX_HEAD_DIM: usize = 256;
+/// The widest head the kernels take: 32 lanes x 16 dims (`DPL` in the .cu).
+const MAX_HEAD_DIM: usize = 512;
 /// Threads of a combine block (one output dim each, looping when head_dim is larger).
 const COMBINE_THREADS: u32 = 128;
 
@@ -114,7 +114,8 @@ impl<T: DeviceRepr> Launch<'_, T> {
         let dims_per_lane = match self.head_dim {
             0..=64 => 2,
             65..=128 => 4,
-            _ => 8,
+            129..=256 => 8,
+            _ => 16,
         };
         format!("{name}_{suffix}_d{dims_per_lane}")
     }

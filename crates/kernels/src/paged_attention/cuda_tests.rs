@@ -41,7 +41,7 @@ fn nvrtc_compiles_the_kernel_source() {
     let ptx = cuda::MODULE.compile().unwrap_or_else(|e| panic!("NVRTC failed: {e:?}")).to_src();
     for suffix in ["f32", "bf16", "f16"] {
         let mut kernels = vec![format!("paged_attention_combine_{suffix}")];
-        for dims_per_lane in [2, 4, 8] {
+        for dims_per_lane in [2, 4, 8, 16] {
             kernels.push(format!("paged_attention_{suffix}_d{dims_per_lane}"));
             kernels.push(format!("paged_attention_split_{suffix}_d{dims_per_lane}"));
         }
@@ -56,7 +56,7 @@ fn cuda_kernel_matches_reference_on_mixed_batches() {
     let Some(device) = gpu() else { return };
     // (num_query_tokens, context_len): prompts, chunks, single generated tokens, long contexts.
     let seqs = [(7, 7), (1, 19), (5, 12), (1, 1), (1, 300), (130, 200), (3, 517)];
-    for (num_heads, num_kv_heads, head_dim, block_size) in [(8, 2, 64, 16), (4, 4, 128, 32), (6, 1, 256, 16), (2, 1, 80, 3)] {
+    for (num_heads, num_kv_heads, head_dim, block_size) in [(8, 2, 64, 16), (4, 4, 128, 32), (6, 1, 256, 16), (2, 1, 80, 3), (2, 1, 512, 16)] {
         for window in [None, Some(5), Some(150)] {
             let case = make_case(&seqs, num_heads, num_kv_heads, head_dim, block_size, window);
             for dtype in [DType::F32, DType::BF16, DType::F16] {

@@ -67,7 +67,7 @@ __device__ __forceinline__ RowHead row_head(
     return r;
 }
 
-// A lane's dims of a head row: d = lane + 32 j for j < DPL (DPL = ceil(head_dim / 32), at most 8).
+// A lane's dims of a head row: d = lane + 32 j for j < DPL (DPL = ceil(head_dim / 32), at most 16).
 template <int DPL>
 struct LaneRow {
     float v[DPL];
@@ -345,9 +345,10 @@ __device__ void paged_attention_combine(
     }
 }
 
-// Kernels per type and per DPL (lane dims: head_dim up to 32 * DPL), named `..._SUFFIX_dDPL`.
+// Kernels per type and per DPL (lane dims: head_dim up to 32 * DPL), named `..._SUFFIX_dDPL`; at
+// most 512 threads a block (the host's largest choice), so registers are capped to fit.
 #define INSTANTIATE_DPL(SUFFIX, T, DPL)                                                        \
-    extern "C" __global__ void paged_attention_##SUFFIX##_d##DPL(                              \
+    extern "C" __global__ void __launch_bounds__(512) paged_attention_##SUFFIX##_d##DPL(       \
         T* out, const T* q, const T* k_cache, const T* v_cache, const unsigned int* row_pos,   \
         const unsigned int* row_table, const unsigned int* block_tables,                       \
         unsigned int num_heads, unsigned int num_kv_heads, unsigned int head_dim,              \
@@ -356,7 +357,7 @@ __device__ void paged_attention_combine(
                                 num_heads, num_kv_heads, head_dim, block_size, sliding_window, \
                                 scale);                                                        \
     }                                                                                          \
-    extern "C" __global__ void paged_attention_split_##SUFFIX##_d##DPL(                        \
+    extern "C" __global__ void __launch_bounds__(512) paged_attention_split_##SUFFIX##_d##DPL( \
         float* partial_stats, float* partial_acc, const T* q, const T* k_cache,                \
         const T* v_cache, const unsigned int* row_pos, const unsigned int* row_table,          \
         const unsigned int* block_tables, unsigned int num_heads, unsigned int num_kv_heads,   \
@@ -371,6 +372,7 @@ __device__ void paged_attention_combine(
     INSTANTIATE_DPL(SUFFIX, T, 2)                                                              \
     INSTANTIATE_DPL(SUFFIX, T, 4)                                                              \
     INSTANTIATE_DPL(SUFFIX, T, 8)                                                              \
+    INSTANTIATE_DPL(SUFFIX, T, 16)                                                             \
     extern "C" __global__ void paged_attention_combine_##SUFFIX(                               \
         T* out, const float* partial_stats, const float* partial_acc, unsigned int num_splits, \
         unsigned int head_dim) {                                                               \
