@@ -41,6 +41,7 @@ fn attending_threads(splits: SplitChoice, blocks: usize, num_sms: usize) -> u32 
         SplitChoice::Auto => MANY_BLOCKS_THREADS,
     }
 }
+
 /// The widest head the kernels take: 32 lanes x 16 dims (`DPL` in the .cu).
 const MAX_HEAD_DIM: usize = 512;
 /// Threads of a combine block (one output dim each, looping when head_dim is larger).
