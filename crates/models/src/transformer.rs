@@ -379,9 +379,12 @@ impl ResidualStream {
     pub(crate) fn logits(self, norm: &RmsNorm, lm_head: &Linear, batch: &ForwardBatch) -> Result<Tensor> {
         // [num_logit_rows, hidden]; logit rows ascend and name each row at most once, so as many
         // as there are rows means all of them, in order (every generation step).
-        let rows = |t: &Tensor| match batch.num_logit_rows == t.dim(0)? {
-            true => Ok(t.clone()),
-            false => t.index_select(&batch.logit_rows, 0),
+        let rows = |t: &Tensor| {
+            if batch.num_logit_rows == t.dim(0)? {
+                Ok(t.clone())
+            } else {
+                t.index_select(&batch.logit_rows, 0)
+            }
         };
         let normed = || match &self.delta {
             Some(delta) => Ok(norm.forward_residual(&rows(delta)?, &rows(&self.residual)?)?.0),

@@ -193,8 +193,7 @@ fn launch_f32_stream_norm<T: CudaDType + DeviceRepr>(
     if w.0.dtype() == DType::F32 || !hidden.is_multiple_of(8) || chunks > NORM_CHUNKS * 1024 || rows == 0 {
         candle_core::bail!("add_rms_norm_f32_residual: {rows} rows of {hidden} {:?}", w.0.dtype());
     }
-    let starts = x.iter().chain([&w]).map(|o| o.1.start_offset()).chain([r.1.start_offset()]);
-    if starts.into_iter().any(|offset| !offset.is_multiple_of(8)) {
+    if x.iter().chain([&w, &r]).any(|o| !o.1.start_offset().is_multiple_of(8)) {
         candle_core::bail!("add_rms_norm_f32_residual: operands must start on 16-byte boundaries");
     }
     let dev = r.0.device().clone();

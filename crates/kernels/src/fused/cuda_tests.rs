@@ -47,14 +47,17 @@ fn nvrtc_compiles_the_fused_source() {
     }
 }
 
+/// Rows of the F32-stream norm tests: one to four chunks per thread (640: Gemma 3 270M; 12288
+/// and 8200: more than one).
+const F32_STREAM_ROWS: [(usize, usize); 4] = [(1, 640), (5, 4096), (2, 12288), (3, 8200)];
+
 /// The F32 residual stream: the sum is the exact F32 sum (the same bits as the reference's F32
-/// add), the norm one rounding to the activations' type away from the reference. Rows one to
-/// four chunks per thread (640: Gemma 3 270M; 12288 and 8200: more than one).
+/// add), the norm one rounding to the activations' type away from the reference.
 #[test]
 fn add_rms_norm_f32_residual_matches_reference() {
     let Some(device) = gpu() else { return };
     for dtype in [DType::BF16, DType::F16] {
-        for (rows, hidden) in [(1, 640), (5, 4096), (2, 12288), (3, 8200)] {
+        for (rows, hidden) in F32_STREAM_ROWS {
             let x = randn(&[rows, hidden], &device, dtype);
             let r = (randn(&[rows, hidden], &device, DType::F32) * 30.0).unwrap();
             let w = randn(&[hidden], &device, dtype);
@@ -74,7 +77,7 @@ fn add_rms_norm_f32_residual_matches_reference() {
 fn rms_norm_f32_stream_matches_reference() {
     let Some(device) = gpu() else { return };
     for dtype in [DType::BF16, DType::F16] {
-        for (rows, hidden) in [(1, 640), (5, 4096), (2, 12288), (3, 8200)] {
+        for (rows, hidden) in F32_STREAM_ROWS {
             let stream = (randn(&[rows, hidden], &device, DType::F32) * 30.0).unwrap();
             let w = randn(&[hidden], &device, dtype);
             let fast = rms_norm_f32_stream(&stream, &w, 1e-6).unwrap();

@@ -34,11 +34,12 @@ const FEW_BLOCKS_THREADS: u32 = 512; // `__launch_bounds__(512)` in the .cu
 const MANY_BLOCKS_THREADS: u32 = 256;
 const INVARIANT_THREADS: u32 = 256;
 
-fn attending_threads(splits: SplitChoice, blocks: usize, num_sms: usize) -> u32 {
-    match splits {
-        SplitChoice::Fixed(_) => INVARIANT_THREADS,
-        SplitChoice::Auto if blocks <= num_sms => FEW_BLOCKS_THREADS,
-        SplitChoice::Auto => MANY_BLOCKS_THREADS,
+/// Threads for an automatically split grid of `blocks` attending blocks.
+fn auto_threads(blocks: usize, num_sms: usize) -> u32 {
+    if blocks <= num_sms {
+        FEW_BLOCKS_THREADS
+    } else {
+        MANY_BLOCKS_THREADS
     }
 }
 
@@ -159,12 +160,12 @@ fn launch<T: CudaDType + DeviceRepr>(
     if meta.len() < 2 * num_rows + 1 {
         candle_core::bail!("paged attention (cuda): metadata has {} entries for {num_rows} rows", meta.len());
     }
-    let num_sms = multiprocessor_count(&dev)?;
-    let num_splits = match splits {
-        SplitChoice::Fixed(_) => splits.resolve(num_rows, num_heads, 0, 0),
+    let (num_splits, threads) = match splits {
+        SplitChoice::Fixed(_) => (splits.resolve(num_rows, num_heads, 0, 0), INVARIANT_THREADS),
         SplitChoice::Auto => {
-            let max_positions = max_row_positions(layout, num_rows, meta.len());
-            splits.resolve(num_rows, num_heads, max_positions, num_sms)
+            let (max_positions, num_sms) = (max_row_positions(layout, num_rows, meta.len()), multiprocessor_count(&dev)?);
+            let num_splits = splits.resolve(num_rows, num_heads, max_positions, num_sms);
+            (num_splits, auto_threads(num_rows * num_heads * num_splits, num_sms))
         }
     };
     let launch = Launch {
@@ -178,7 +179,7 @@ fn launch<T: CudaDType + DeviceRepr>(
         scale: layout.scale,
         num_row_heads: num_rows * num_heads,
         head_dim,
-        threads: attending_threads(splits, num_rows * num_heads * num_splits, num_sms),
+        threads,
     };
     let out = match num_splits {
         1 => launch_one_block(suffix, q_storage, &launch)?,
