@@ -9,8 +9,13 @@
 // weight quants and q, scaled in F32, so the result differs from the F32 product only by the
 // rounding of x to int8 (relative error ~1/254 per value).
 //
-// Shared memory: float2 (d, s) per 32-value group of every row, then the int8 rows.
+// Shared memory: float2 (d, s) per 32-value group of every row, then the int8 rows (16-byte
+// chunks swizzled, `xq_offset`).
 // Block: Q8X_WARPS warps, one output row each; every warp takes part in the quantization.
+// Within a row, 4 lanes share a super-block and each takes 64 of its weights, so a warp walks 8
+// super-blocks per step. With 32 weights per lane (session 9) the scale decoding, activation
+// scales and loop were paid per 32 weights: Nsight counted ~140 warp instructions per piece and
+// the integer pipe was the busiest (8B Q4_K_M gate/up at 2.1 TB/s, issue slots 60 % busy).
 
 #define Q8X_WARPS 8
 
@@ -18,6 +23,16 @@ __device__ __forceinline__ int dp4a(unsigned int a, unsigned int b, int c) {
     int r;
     asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
     return r;
+}
+
+
+// Byte offset of activation k of row c in the shared int8 rows. Within every 128-byte line the
+// eight 16-byte chunks are XOR-swizzled by f(line mod 4) = 0, 3, 6, 5, so that the 16-byte reads
+// of a quarter warp fall in distinct banks for both formats: Q4_K lanes read chunks {c, c + 4} of
+// four lines, Q6_K lanes chunks {2i, 2i + 1} of four lines.
+__device__ __forceinline__ unsigned int xq_offset(unsigned int c, unsigned int ncols, unsigned int k) {
+    const unsigned int off = c * ncols + k, line = (off >> 7) & 3u;
+    return (off & ~0x70u) | ((((off >> 4) & 7u) ^ (line ^ (line << 1))) << 4);
 }
 
 // Quantizes rows x[NCOLS][ncols] into ds/xq. Each thread takes 8 consecutive values; the 4
@@ -48,7 +63,7 @@ __device__ void quantize_rows(const T* __restrict__ x, unsigned int ncols, float
             uint2 packed;
             packed.x = (q[0] & 0xFF) | ((q[1] & 0xFF) << 8) | ((q[2] & 0xFF) << 16) | ((unsigned int)(q[3] & 0xFF) << 24);
             packed.y = (q[4] & 0xFF) | ((q[5] & 0xFF) << 8) | ((q[6] & 0xFF) << 16) | ((unsigned int)(q[7] & 0xFF) << 24);
-            *(uint2*)(xq + 8ull * p) = packed;
+            *(uint2*)(xq + xq_offset(0, 0, 8u * p)) = packed;
             if (p % 4 == 0) {
                 float2 group;
                 group.x = d;
@@ -61,64 +76,86 @@ __device__ void quantize_rows(const T* __restrict__ x, unsigned int ncols, float
 }
 
 // One output row of Q4_K weights against the quantized activations: this lane's partial sums.
+// 4 lanes per super-block; lane j takes group pair j (qs bytes 32j..32j+32: 64 weights).
 template <int NCOLS>
 __device__ void q8x_q4k_row(const unsigned char* __restrict__ w, unsigned int row, unsigned int ncols,
                             const float2* ds, const unsigned char* xq, float* acc) {
     const unsigned int nsb = ncols / 256;
     const unsigned char* row_w = w + (unsigned long long)row * nsb * 144;
-    const unsigned int lane = threadIdx.x, t = lane % 8;
-    const unsigned int j = t / 2, l0 = (t % 2) * 16;
-    for (unsigned int sb = lane / 8; sb < nsb; sb += 4) {
-        const Q4KPiece p = q4k_load(row_w + sb * 144, j, l0);
-        const float d = h2f((unsigned short)(p.head.x & 0xffffu)), dmin = h2f((unsigned short)(p.head.x >> 16));
-        unsigned int scale_lo, min_lo, scale_hi, min_hi;
-        q4k_scale_min(p.head, 2 * j, &scale_lo, &min_lo);
-        q4k_scale_min(p.head, 2 * j + 1, &scale_hi, &min_hi);
-        const unsigned int qw[4] = {p.qs.x, p.qs.y, p.qs.z, p.qs.w};
-        const unsigned int k0 = sb * 256 + j * 64 + l0;   // first low-nibble weight; high: k0 + 32
-        const unsigned int g0 = sb * 8 + 2 * j;            // their 32-value groups: g0, g0 + 1
+    const unsigned int lane = threadIdx.x, j = lane % 4, half = 16 * (j & 1);
+    for (unsigned int sb = lane / 4; sb < nsb; sb += 8) {
+        const unsigned char* b = row_w + sb * 144;
+        const uint4 head = *(const uint4*)b;
+        const uint4 qa = *(const uint4*)(b + 16 + 32 * j), qb = *(const uint4*)(b + 32 + 32 * j);
+        const float d = h2f((unsigned short)(head.x & 0xffffu)), dmin = h2f((unsigned short)(head.x >> 16));
+        // scales/mins of groups 2j, 2j+1 as two bytes each
+        const unsigned int y = head.y >> half, z = head.z >> half, wv = head.w >> half;
+        const unsigned int sc = j < 2 ? y & 0x3F3Fu : (wv & 0x0F0Fu) | ((y >> 2) & 0x3030u);
+        const unsigned int mn = j < 2 ? z & 0x3F3Fu : ((wv >> 4) & 0x0F0Fu) | ((z >> 2) & 0x3030u);
+        const unsigned int qw[8] = {qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w};
+        const unsigned int k0 = sb * 256 + j * 64;
         for (int c = 0; c < NCOLS; ++c) {
-            const uint4 xl = *(const uint4*)(xq + (unsigned long long)c * ncols + k0);
-            const uint4 xh = *(const uint4*)(xq + (unsigned long long)c * ncols + k0 + 32);
-            const unsigned int xlw[4] = {xl.x, xl.y, xl.z, xl.w}, xhw[4] = {xh.x, xh.y, xh.z, xh.w};
             int dot_lo = 0, dot_hi = 0;
-            for (int i = 0; i < 4; ++i) {
-                dot_lo = dp4a(qw[i] & 0x0F0F0F0Fu, xlw[i], dot_lo);
-                dot_hi = dp4a((qw[i] >> 4) & 0x0F0F0F0Fu, xhw[i], dot_hi);
+            for (int h = 0; h < 2; ++h) {
+                const uint4 xl = *(const uint4*)(xq + xq_offset(c, ncols, k0 + 16 * h));
+                const uint4 xh = *(const uint4*)(xq + xq_offset(c, ncols, k0 + 32 + 16 * h));
+                const unsigned int xlw[4] = {xl.x, xl.y, xl.z, xl.w}, xhw[4] = {xh.x, xh.y, xh.z, xh.w};
+                for (int i = 0; i < 4; ++i) {
+                    dot_lo = dp4a(qw[4 * h + i] & 0x0F0F0F0Fu, xlw[i], dot_lo);
+                    dot_hi = dp4a((qw[4 * h + i] >> 4) & 0x0F0F0F0Fu, xhw[i], dot_hi);
+                }
             }
-            const float2 ds_lo = ds[c * (ncols / 32) + g0], ds_hi = ds[c * (ncols / 32) + g0 + 1];
-            float a = d * ((float)scale_lo * ds_lo.x * (float)dot_lo + (float)scale_hi * ds_hi.x * (float)dot_hi);
-            // The min term covers a whole group: the lane with the group's first 16 weights adds it.
-            if (l0 == 0) a -= dmin * ((float)min_lo * ds_lo.y + (float)min_hi * ds_hi.y);
-            acc[c] += a;
+            const float4 g = *(const float4*)(ds + c * (ncols / 32) + sb * 8 + 2 * j);  // (d, s) of both groups
+            const float a = d * ((float)(sc & 0xFF) * g.x * (float)dot_lo + (float)(sc >> 8) * g.z * (float)dot_hi);
+            acc[c] += a - dmin * ((float)(mn & 0xFF) * g.y + (float)(mn >> 8) * g.w);
         }
     }
 }
 
+// 16 bytes at a 2-byte-aligned address (Q6_K blocks are 210 bytes): five aligned words,
+// realigned by funnel shifts. The fifth word stays inside the block for every field read here.
+__device__ __forceinline__ uint4 ld128_a2(const unsigned char* p) {
+    const unsigned int* a = (const unsigned int*)((unsigned long long)p & ~3ull);
+    const unsigned int shift = 8u * (unsigned int)((unsigned long long)p & 3u);
+    const unsigned int w0 = a[0], w1 = a[1], w2 = a[2], w3 = a[3], w4 = a[4];
+    return make_uint4(__funnelshift_r(w0, w1, shift), __funnelshift_r(w1, w2, shift), __funnelshift_r(w2, w3, shift),
+                      __funnelshift_r(w3, w4, shift));
+}
+
 // One output row of Q6_K weights against the quantized activations: this lane's partial sums.
+// 4 lanes per super-block; lane j takes half n = j / 2 and l in [l0, l0 + 16), l0 = 16 (j % 2), of
+// all four quarters (64 weights, one 16-weight scale each).
 template <int NCOLS>
 __device__ void q8x_q6k_row(const unsigned char* __restrict__ w, unsigned int row, unsigned int ncols,
                             const float2* ds, const unsigned char* xq, float* acc) {
     const unsigned int nsb = ncols / 256;
     const unsigned char* row_w = w + (unsigned long long)row * nsb * 210;
-    const unsigned int lane = threadIdx.x, t = lane % 8;
-    const unsigned int n = t / 4, l0 = (t % 4) * 8;
-    for (unsigned int sb = lane / 8; sb < nsb; sb += 4) {
-        const Q6KPiece p = q6k_load(row_w + sb * 210, n, l0);
-        // int8 weights (6-bit value - 32) of the four 8-weight quarters, 32 apart
-        unsigned int q[4][2];
-        q6k_values(p, q);
-        for (int i = 0; i < 4; ++i)
-            for (int h = 0; h < 2; ++h) q[i][h] = minus32_bytes(q[i][h]);
-        const float d = h2f(p.d);
+    const unsigned int lane = threadIdx.x, n = (lane % 4) / 2, l0 = 16 * (lane % 2);
+    for (unsigned int sb = lane / 4; sb < nsb; sb += 8) {
+        const unsigned char* b = row_w + sb * 210;
+        const uint4 ua = ld128_a2(b + 64 * n + l0), ub = ld128_a2(b + 64 * n + 32 + l0), uh = ld128_a2(b + 128 + 32 * n + l0);
+        const signed char* scales = (const signed char*)(b + 192 + 8 * n + l0 / 16);
+        float scale[4];
+        for (int i = 0; i < 4; ++i) scale[i] = (float)scales[2 * i];
+        const float d = h2f(ld16(b + 208));
+        const unsigned int qa[4] = {ua.x, ua.y, ua.z, ua.w}, qb[4] = {ub.x, ub.y, ub.z, ub.w}, qh[4] = {uh.x, uh.y, uh.z, uh.w};
+        unsigned int q[4][4];  // quarter i, word h: 6-bit values 0..63 (int8 as they are)
+        for (int h = 0; h < 4; ++h) {
+            q[0][h] = (qa[h] & 0x0F0F0F0Fu) | ((qh[h] << 4) & 0x30303030u);
+            q[1][h] = (qb[h] & 0x0F0F0F0Fu) | ((qh[h] << 2) & 0x30303030u);
+            q[2][h] = ((qa[h] >> 4) & 0x0F0F0F0Fu) | (qh[h] & 0x30303030u);
+            q[3][h] = ((qb[h] >> 4) & 0x0F0F0F0Fu) | ((qh[h] >> 2) & 0x30303030u);
+        }
         const unsigned int k0 = sb * 256 + 128 * n + l0;
         for (int c = 0; c < NCOLS; ++c) {
             float a = 0.0f;
             for (int i = 0; i < 4; ++i) {
-                const unsigned int k = k0 + 32 * i;
-                const uint2 xv = *(const uint2*)(xq + (unsigned long long)c * ncols + k);
-                const int dot = dp4a(q[i][1], xv.y, dp4a(q[i][0], xv.x, 0));
-                a += (float)p.scales[i] * ds[c * (ncols / 32) + k / 32].x * (float)dot;
+                const uint4 x = *(const uint4*)(xq + xq_offset(c, ncols, k0 + 32 * i));
+                const unsigned int xw[4] = {x.x, x.y, x.z, x.w};
+                int dot = 0;
+                // sum (q - 32) x: the offset as a dp4a with bytes of -32
+                for (int h = 0; h < 4; ++h) dot = dp4a(0xE0E0E0E0u, xw[h], dp4a(q[i][h], xw[h], dot));
+                a += scale[i] * ds[c * (ncols / 32) + (k0 + 32 * i) / 32].x * (float)dot;
             }
             acc[c] += d * a;
         }
