@@ -86,9 +86,23 @@ pub struct Kernel {
     stream: Arc<CudaStream>,
 }
 
+/// Dynamic shared memory a block gets without opting in to more.
+pub const DEFAULT_SHARED_BYTES: usize = 48 * 1024;
+
 impl Kernel {
     pub fn builder(&self) -> LaunchArgs<'_> {
         self.stream.launch_builder(&self.func)
+    }
+
+    /// Lets launches of this kernel use `bytes` of dynamic shared memory: beyond
+    /// [`DEFAULT_SHARED_BYTES`] a kernel must opt in (up to the device's per-block maximum).
+    pub fn allow_shared_bytes(&self, bytes: usize) -> candle_core::Result<()> {
+        if bytes > DEFAULT_SHARED_BYTES {
+            use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
+            let attribute = CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            self.func.set_attribute(attribute, bytes as i32).map_err(|e| candle_core::Error::Msg(format!("allowing {bytes} bytes of shared memory: {e:?}")))?;
+        }
+        Ok(())
     }
 }
 

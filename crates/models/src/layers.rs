@@ -137,12 +137,26 @@ fn quant_mma_enabled() -> bool {
     *ENABLED.get_or_init(|| std::env::var("HEARTH_QUANT_MMA").map_or(true, |v| v.trim() != "0"))
 }
 
+/// Fewest rows that take `quant_mma` rather than the matvec kernels. The matvec kernels keep
+/// NCOLS partial sums per lane and their registers grow with the rows: from 5 rows the tensor
+/// cores were twice as fast (H100, tg64 tok/s, 8B / 1B Q4_K_M: batch 5 441 -> 984 / 2,757 ->
+/// 4,450; batch 8 703 -> 1,571 / 4,375 -> 7,130), at 3-4 rows the two were within 4 % either way.
+/// `HEARTH_MMA_MIN_ROWS=N` moves the crossover (up to 9: the matvec kernels take at most 8 rows).
+const MMA_MIN_ROWS: usize = 4;
+
+fn mma_min_rows() -> usize {
+    static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| {
+        let rows = std::env::var("HEARTH_MMA_MIN_ROWS").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(MMA_MIN_ROWS);
+        rows.clamp(1, quant_matvec::MAX_ROWS + 1)
+    })
+}
+
 /// Whether `x`'s rows are a batched generation step for `quant_mma` (where its kernels support
-/// the weights): from one row more than the matvec kernels take up to the dequantize-and-GEMM
-/// threshold.
+/// the weights): from [`mma_min_rows`] up to the dequantize-and-GEMM threshold.
 fn quant_mma_rows(x: &Tensor) -> Result<bool> {
     let rows = x.dim(0)?;
-    Ok(quant_mma_enabled() && rows > quant_matvec::MAX_ROWS && dequantized_gemm_min_rows().is_none_or(|gemm_rows| rows < gemm_rows))
+    Ok(quant_mma_enabled() && rows >= mma_min_rows() && dequantized_gemm_min_rows().is_none_or(|gemm_rows| rows < gemm_rows))
 }
 
 /// `x Wᵀ` with `W` dequantized for this call (`[n, k]`, a transient buffer): one cuBLAS GEMM on
@@ -190,6 +204,9 @@ fn candle_matmul(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
     match w {
         QMatMul::QTensor(q) if !x.device().is_cpu() => {
             let x = x.contiguous()?;
+            if quant_mma_rows(&x)? && quant_mma::supported(q, &x) {
+                return Ok(quant_mma::quant_mma(q, &x)?);
+            }
             // Generation-sized products: hearth's kernels read BF16/F16 activations directly.
             if quant_matvec::supported(q, &x) {
                 return Ok(quant_matvec::quant_matvec(q, &x)?);
@@ -198,9 +215,6 @@ fn candle_matmul(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
                 if x.dim(0)? >= rows && x.dtype() != DType::F32 {
                     return dequantized_gemm(q, &x);
                 }
-            }
-            if quant_mma_rows(&x)? && quant_mma::supported(q, &x) {
-                return Ok(quant_mma::quant_mma(q, &x)?);
             }
             let direct = matches!(
                 q.dtype(),
@@ -270,7 +284,7 @@ impl Linear {
         let grouped = match &quantized {
             Some(qs) if N > 1 && !x.device().is_cpu() => {
                 let invariant = numerics::batch_invariant();
-                if !invariant && quant_matvec::group_supported(qs, x) {
+                if !invariant && !quant_mma_rows(x)? && quant_matvec::group_supported(qs, x) {
                     Some(quant_matvec::quant_matvec_group(qs, x)?)
                 } else if (invariant || quant_mma_rows(x)?) && quant_mma::group_supported(qs, x) {
                     Some(quant_mma::quant_mma_group(qs, x)?)
@@ -535,7 +549,7 @@ impl Mlp {
         let GateUp::Separate { gate, up } = &self.gate_up else { return Ok(None) };
         let (Some(g), Some(u)) = (gate.candle_qtensor(), up.candle_qtensor()) else { return Ok(None) };
         // Batch-invariant mode: the gated matvec rounds differently from the batched products.
-        if gate.bias.is_some() || up.bias.is_some() || numerics::batch_invariant() || !quant_matvec::gated_supported(g, u, x) {
+        if gate.bias.is_some() || up.bias.is_some() || numerics::batch_invariant() || quant_mma_rows(x)? || !quant_matvec::gated_supported(g, u, x) {
             return Ok(None);
         }
         Ok(Some(quant_matvec::quant_matvec_gated(g, u, x, self.gated_activation())?))

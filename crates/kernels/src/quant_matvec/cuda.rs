@@ -82,6 +82,7 @@ impl QuantMatvec<'_> {
             (format!("matvec_{format}_{suffix}_{rows}"), cfg)
         };
         let func = MODULE.function(x, &kernel)?;
+        func.allow_shared_bytes(cfg.shared_mem_bytes as usize)?;
         let (n_u32, k_u32) = (n as u32, k as u32);
         let mut b = func.builder();
         b.arg(&weights).arg(&xv).arg(&out).arg(&n_u32).arg(&k_u32);
@@ -195,6 +196,7 @@ impl QuantMatvecGroup<'_> {
         };
         let mode = if gated != 0 { "gated" } else { "group" };
         let func = MODULE.function(x, &format!("matvec_q8x_{mode}_{suffix}_{rows}"))?;
+        func.allow_shared_bytes(cfg.shared_mem_bytes as usize)?;
         let k_u32 = k as u32;
         let mut b = func.builder();
         b.arg(&group).arg(&xv).arg(&k_u32);

@@ -63,8 +63,9 @@ fn dequantize_16bit_rounds_the_f32_dequantization() {
 fn every_format_matches_the_reference() {
     let Some(device) = gpu() else { return };
     let formats = [GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::Q8_0, GgmlDType::Q4_0];
-    // (n, k): attention-, MLP- and odd-sized products; 14336 wide takes the float kernels from
-    // 3 rows on (the int8 rows no longer fit shared memory).
+    // (n, k): attention-, MLP- and odd-sized products; 14336 wide takes the int8 kernels with
+    // more than 48 KiB of shared memory (the launch's opt-in) at 3..=5 rows, and the float
+    // kernels from 6 rows on (the int8 rows no longer fit).
     for (n, k) in [(96, 512), (37, 1024), (256, 2304), (40, 14336)] {
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
         for format in formats {
