@@ -130,8 +130,8 @@ fn dequantized_gemm_min_rows() -> Option<usize> {
     })
 }
 
-/// `HEARTH_QUANT_MMA=0` sends the products of 9 rows up to the GEMM threshold back to candle's
-/// MMQ kernels instead of `quant_mma` (for comparisons).
+/// `HEARTH_QUANT_MMA=0` turns `quant_mma` off (for comparisons): products of up to 8 rows go to
+/// the matvec kernels, larger ones up to the GEMM threshold to candle's MMQ kernels.
 fn quant_mma_enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ENABLED.get_or_init(|| std::env::var("HEARTH_QUANT_MMA").map_or(true, |v| v.trim() != "0"))

@@ -1,6 +1,7 @@
 //! Q4_K/Q6_K weights times a batch of activation rows on BF16/F16 tensor cores — the products of
-//! a generation step with more sequences than [`crate::quant_matvec`] takes (9 up to where
-//! dequantizing the whole matrix for a cuBLAS GEMM wins). The weights are still read once per step
+//! a generation step of several sequences (from 4, where the matvec kernels' per-row registers
+//! start to cost more than the tensor cores save, up to where dequantizing the whole matrix for
+//! a cuBLAS GEMM wins). The weights are still read once per step
 //! (per 64 tokens); each warp turns its share of the blocks into the mma's operands in registers,
 //! so no dequantized copy is written.
 //!
