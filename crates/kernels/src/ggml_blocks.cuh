@@ -20,9 +20,3 @@ __device__ __forceinline__ void q4k_scale_min(const uint4& head, unsigned int g,
         *min = (w >> 4) | ((z >> 6) << 4);
     }
 }
-
-// Bytes in 0..63 minus 32, as int8, four at once: setting bit 7 first keeps the subtraction
-// from borrowing across bytes; clearing it again yields the two's complement byte.
-__device__ __forceinline__ unsigned int minus32_bytes(unsigned int q) {
-    return ((q | 0x80808080u) - 0x20202020u) ^ 0x80808080u;
-}

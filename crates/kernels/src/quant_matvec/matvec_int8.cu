@@ -25,7 +25,6 @@ __device__ __forceinline__ int dp4a(unsigned int a, unsigned int b, int c) {
     return r;
 }
 
-
 // Byte offset of activation k of row c in the shared int8 rows. Within every 128-byte line the
 // eight 16-byte chunks are XOR-swizzled by f(line mod 4) = 0, 3, 6, 5, so that the 16-byte reads
 // of a quarter warp fall in distinct banks for both formats: Q4_K lanes read chunks {c, c + 4} of
