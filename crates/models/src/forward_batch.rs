@@ -140,6 +140,8 @@ impl PackedStep {
                 Some(pad.table_width)
             }
         };
+        // What `logit_rows` promises (and `ResidualStream::logits` relies on when it skips the gather).
+        debug_assert!(logit_rows.windows(2).all(|w| w[0] < w[1]), "logit rows must ascend, each at most once");
         let (num_tokens, num_logit_rows) = (token_ids.len(), logit_rows.len());
         let mut data = token_ids;
         data.extend(positions);
