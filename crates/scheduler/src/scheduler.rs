@@ -13,15 +13,26 @@
 //! `update` skips plan entries of requests aborted since `schedule`.
 //!
 //! Policy, each step: running requests not in flight (oldest first) each get `min(uncomputed,
-//! budget left)` tokens; a request that cannot grow its table preempts the newest running
-//! request neither in this plan nor in flight (itself, if there is no other: then no more
-//! running requests are scheduled). A request in flight is never preempted: its step is
-//! writing K/V into its blocks. `schedule_share(num_plans)` plans at most its share of the
-//! requests not in flight (`ceil(n / num_plans)`), so that plans scheduled one after another
-//! for a pipeline's free slots split the requests evenly instead of the first taking all.
-//! Then, only if nobody was preempted this step (memory is tight, and a request preempted in
-//! this step must not re-enter the same plan), waiting requests are admitted FIFO with their longest cached prefix while the budget, `max_num_seqs` and free
-//! blocks allow; the first that does not fit stops admission (FIFO order is kept).
+//! budget left)` tokens. A request that cannot grow its table preempts the newest running
+//! request neither in this plan nor in flight, until it fits. A request in flight is never
+//! preempted: its step is writing K/V into its blocks. If no such victim is left:
+//! - when newer running requests are in flight, the request *stalls*: it keeps its blocks and
+//!   waits for their plans to come back, when it will preempt them. (Preempting itself
+//!   instead let a newer request take its blocks, and two requests could trade places
+//!   forever, each re-admitted from the prefix cache and preempted again: a livelock the
+//!   property tests found with two plans in flight.)
+//! - when it is the newest running request, it preempts itself.
+//!
+//! Either way no more running requests are scheduled this step. So the oldest running
+//! request is only ever preempted by itself, when alone, which never happens (`add_request`
+//! admits only requests that fit the pool alone): it always progresses, and all finish.
+//! `schedule_share(num_plans)` plans at most its share of the requests not in flight
+//! (`ceil(n / num_plans)`), so that plans scheduled one after another for a pipeline's free
+//! slots split the requests evenly instead of the first taking all. Then, only if memory was
+//! not short this step (nobody preempted or stalled; a request preempted in this step must
+//! not re-enter the same plan), waiting requests are admitted FIFO with their longest cached
+//! prefix while the budget, `max_num_seqs` and free blocks allow; the first that does not
+//! fit stops admission (FIFO order is kept).
 //!
 //! Prefix-cache accounting: query and hit tokens are counted once per request, at its first
 //! admission (a preempted request's re-admission also reuses the cache but is not counted, so
@@ -62,6 +73,10 @@ pub struct Scheduler {
 /// How growing a running request's table ended.
 enum Growth {
     Grown,
+    /// No victim was left and newer running requests are in flight: it waits, keeping its
+    /// blocks.
+    Stalled,
+    /// No victim was left and it was the newest running request.
     PreemptedItself,
 }
 
@@ -141,6 +156,7 @@ impl Scheduler {
         let mut plan = StepPlan::default();
         let mut budget = self.config.max_num_batched_tokens;
         let mut running_idx = 0;
+        let mut memory_short = false;
         while running_idx < self.running.len() && budget > 0 && plan.requests.len() < max_num_requests {
             let id = self.running[running_idx];
             let Some(request) = self.requests.get(&id) else {
@@ -154,7 +170,10 @@ impl Scheduler {
                 continue;
             }
             match self.grow_or_preempt(running_idx, num_new_tokens, &mut plan.preempted) {
-                Growth::PreemptedItself => break,
+                Growth::Stalled | Growth::PreemptedItself => {
+                    memory_short = true;
+                    break;
+                }
                 Growth::Grown => {
                     if let Some(request) = self.requests.get(&id) {
                         plan.requests.push(scheduled(request, num_new_tokens));
@@ -164,7 +183,7 @@ impl Scheduler {
                 }
             }
         }
-        if plan.preempted.is_empty() {
+        if !memory_short && plan.preempted.is_empty() {
             self.admit_waiting(&mut plan, &mut budget, max_num_requests);
         }
         plan.num_batched_tokens = self.config.max_num_batched_tokens - budget;
@@ -174,8 +193,9 @@ impl Scheduler {
     }
 
     /// Grows `running[running_idx]`'s table by `num_new_tokens`, preempting the newest running
-    /// requests not in flight (never one before `running_idx`) until it fits or it was
-    /// preempted itself. `running[running_idx]` itself is not in flight.
+    /// requests not in flight after it until it fits; then, if none is left, it stalls (newer
+    /// requests are in flight) or preempts itself (it is the newest). `running[running_idx]`
+    /// itself is not in flight.
     fn grow_or_preempt(
         &mut self,
         running_idx: usize,
@@ -191,12 +211,15 @@ impl Scheduler {
             if grown {
                 return Growth::Grown;
             }
-            // `running[running_idx]` is not in flight, so a victim is always found.
-            let Some(victim_idx) = (running_idx..self.running.len())
+            let newer = running_idx + 1..self.running.len();
+            let victim_idx = newer
+                .clone()
                 .rev()
-                .find(|&idx| !self.in_flight.contains(&self.running[idx]))
-            else {
-                return Growth::PreemptedItself;
+                .find(|&idx| !self.in_flight.contains(&self.running[idx]));
+            let victim_idx = match victim_idx {
+                Some(idx) => idx,
+                None if !newer.is_empty() => return Growth::Stalled,
+                None => running_idx,
             };
             let victim = self.running.remove(victim_idx);
             self.preempt(victim);

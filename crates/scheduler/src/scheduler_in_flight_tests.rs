@@ -1,6 +1,6 @@
 //! Exact-id tests of several plans in flight at once (a pipeline computing one step per
 //! stage): a later `schedule` leaves out requests in flight, plans are updated out of order,
-//! a request in flight is never preempted, aborting one in flight is safe, and plans
+//! a request in flight is never preempted (an older one that needs its blocks waits), aborting one in flight is safe, and plans
 //! scheduled for several free slots share the requests evenly. Test-only; owns
 //! nothing at run time.
 
@@ -63,7 +63,7 @@ fn a_second_schedule_leaves_out_requests_in_flight_and_plans_update_out_of_order
 }
 
 #[test]
-fn a_request_in_flight_is_never_preempted_the_one_growing_preempts_itself() {
+fn a_request_in_flight_is_never_preempted_the_older_one_growing_waits_for_it() {
     // 4 blocks of 2 tokens: request 1 (4 tokens) and request 2 (3 tokens) fill the pool.
     let mut s = scheduler(2, 4, 64);
     add(&mut s, 1, &tokens(0..4), 4);
@@ -73,14 +73,41 @@ fn a_request_in_flight_is_never_preempted_the_one_growing_preempts_itself() {
     assert_eq!((ids(&first), ids(&second)), (vec![1], vec![2]));
     assert_eq!(s.stats().num_blocks_used, 4);
     update_all(&mut s, &first);
-    // Request 1 now needs a third block; the only other running request is in flight.
+    // Request 1 now needs a third block; the only other running request is in flight, so
+    // request 1 stalls, keeping its blocks, and nothing is admitted.
+    add(&mut s, 3, &tokens(20..21), 1);
+    let third = s.schedule();
+    assert!(third.requests.is_empty() && third.preempted.is_empty(), "{third:?}");
+    assert_eq!(s.request_status(RequestId(1)), Some(RequestStatus::Running));
+    assert_eq!(s.request_status(RequestId(2)), Some(RequestStatus::Running));
+    assert_eq!(s.stats().num_blocks_used, 4);
+    s.check_invariants().unwrap();
+    // Once request 2's plan is back, request 1 (older) preempts it and grows.
+    update_all(&mut s, &second);
+    let fourth = s.schedule();
+    assert_eq!(ids(&fourth), [1]);
+    assert_eq!(fourth.preempted, [RequestId(2)]);
+    assert_eq!(s.request_status(RequestId(2)), Some(RequestStatus::Preempted));
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn the_newest_request_growing_preempts_itself_when_older_ones_are_in_flight() {
+    // 4 blocks of 2 tokens: request 1 (3 tokens) then request 2 (4 tokens) fill the pool.
+    let mut s = scheduler(2, 4, 64);
+    add(&mut s, 1, &tokens(0..3), 4);
+    let first = s.schedule();
+    add(&mut s, 2, &tokens(10..14), 4);
+    let second = s.schedule();
+    assert_eq!((ids(&first), ids(&second)), (vec![1], vec![2]));
+    update_all(&mut s, &second);
+    // Request 2 needs a third block; request 1 (older) is in flight: request 2 gives way.
     let third = s.schedule();
     assert!(third.requests.is_empty(), "{third:?}");
-    assert_eq!(third.preempted, [RequestId(1)]);
-    assert_eq!(s.request_status(RequestId(2)), Some(RequestStatus::Running));
+    assert_eq!(third.preempted, [RequestId(2)]);
+    assert_eq!(s.request_status(RequestId(1)), Some(RequestStatus::Running));
+    assert_eq!(s.stats().num_blocks_used, 2);
     s.check_invariants().unwrap();
-    update_all(&mut s, &second);
-    assert_eq!(s.request_status(RequestId(1)), Some(RequestStatus::Preempted));
 }
 
 #[test]

@@ -274,8 +274,10 @@ impl World {
         // Liveness bound: every token computed once, four times over. Preemption recomputes a
         // victim's tokens (prefix-cache hits make some of that free); with plans in flight more
         // of it happens, since requests in flight keep their blocks and cannot be victims. A
-        // livelock exceeds any such bound. (A CI run found a case needing 2x at depth >= 2; its
-        // seed is in proptest-regressions/.)
+        // livelock exceeds any such bound. (CI runs found a case needing 2x at depth >= 2, and
+        // one where two requests traded places forever at depth 2, before a request blocked by
+        // newer ones in flight stalled instead of preempting itself; both seeds are in
+        // proptest-regressions/.)
         let max_num_steps: usize = self
             .model
             .values()
