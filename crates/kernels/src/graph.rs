@@ -92,5 +92,54 @@ fn cuda_capture<T>(
         .map_err(|e| fail("instantiating a CUDA graph", &e))?
         .ok_or_else(|| KernelError::Graph("the CUDA graph capture recorded nothing".into()))?;
     graph.upload().map_err(|e| fail("uploading a CUDA graph", &e))?;
+    if std::env::var("HEARTH_GRAPH_STATS").is_ok_and(|v| v == "1") {
+        match census(graph.cu_graph()) {
+            Ok(census) => eprintln!("hearth: CUDA graph: {census}"),
+            Err(e) => eprintln!("hearth: CUDA graph: no census ({e})"),
+        }
+    }
     Ok((DeviceGraph { graph }, output))
+}
+
+/// What a recorded graph holds: kernels, memory nodes (candle allocates stream-ordered, so every
+/// allocation and drop inside the recording is one), other nodes, and how many of its edges are
+/// programmatic (a dependent launch overlapping its predecessor) — a diagnostic
+/// (`HEARTH_GRAPH_STATS=1`).
+#[cfg(feature = "cuda")]
+fn census(graph: candle_core::cuda_backend::cudarc::driver::sys::CUgraph) -> std::result::Result<String, String> {
+    use candle_core::cuda_backend::cudarc::driver::sys::{self, CUgraphNodeType};
+
+    let check = |what: &str, r: sys::CUresult| match r {
+        sys::CUresult::CUDA_SUCCESS => Ok(()),
+        e => Err(format!("{what}: {e:?}")),
+    };
+    let mut num_nodes = 0usize;
+    // SAFETY: a null array asks for the count; then an array of that many.
+    check("cuGraphGetNodes", unsafe { sys::cuGraphGetNodes(graph, std::ptr::null_mut(), &mut num_nodes) })?;
+    let mut nodes = vec![std::ptr::null_mut(); num_nodes];
+    check("cuGraphGetNodes", unsafe { sys::cuGraphGetNodes(graph, nodes.as_mut_ptr(), &mut num_nodes) })?;
+    let (mut kernels, mut memory, mut other) = (0, 0, 0);
+    for &node in &nodes[..num_nodes] {
+        let mut kind = CUgraphNodeType::CU_GRAPH_NODE_TYPE_EMPTY;
+        check("cuGraphNodeGetType", unsafe { sys::cuGraphNodeGetType(node, &mut kind) })?;
+        match kind {
+            CUgraphNodeType::CU_GRAPH_NODE_TYPE_KERNEL => kernels += 1,
+            CUgraphNodeType::CU_GRAPH_NODE_TYPE_MEM_ALLOC | CUgraphNodeType::CU_GRAPH_NODE_TYPE_MEM_FREE => memory += 1,
+            _ => other += 1,
+        }
+    }
+    let mut num_edges = 0usize;
+    let none = std::ptr::null_mut();
+    check("cuGraphGetEdges_v2", unsafe { sys::cuGraphGetEdges_v2(graph, none, none, std::ptr::null_mut(), &mut num_edges) })?;
+    let mut from: Vec<sys::CUgraphNode> = vec![std::ptr::null_mut(); num_edges];
+    let mut to = from.clone();
+    // SAFETY: all-zero edge data is valid plain data.
+    let mut data = vec![unsafe { std::mem::zeroed::<sys::CUgraphEdgeData>() }; num_edges];
+    check("cuGraphGetEdges_v2", unsafe {
+        sys::cuGraphGetEdges_v2(graph, from.as_mut_ptr(), to.as_mut_ptr(), data.as_mut_ptr(), &mut num_edges)
+    })?;
+    let programmatic = data[..num_edges].iter().filter(|d| d.type_ != 0).count();
+    Ok(format!(
+        "{kernels} kernels, {memory} memory nodes, {other} other nodes; {num_edges} edges, {programmatic} programmatic"
+    ))
 }

@@ -15,6 +15,8 @@
 pub mod dense_matvec;
 pub mod fused;
 pub mod graph;
+#[cfg(all(test, feature = "cuda"))]
+mod graph_tests;
 pub mod greedy;
 pub mod math;
 pub mod nccl;
