@@ -5,7 +5,9 @@
 # by the environment:
 #
 #   TESTS=1   the kernels' CUDA tests, golden logits (CPU, CUDA F32 and BF16), gpu_layers and the
-#             engine's batch invariance, with HEARTH_REQUIRE_GPU=1 (a missing GPU fails them)
+#             engine's batch invariance, with HEARTH_REQUIRE_GPU=1 (a missing GPU fails them;
+#             batch invariance also needs SmolLM2's GGUF in ~/.cache/hearth/assets, which a GPU
+#             machine without network has only if it was carried there)
 #   BENCH     benchmarks separated by `;`, each `shape:quant:env:args`: a random-weight model of
 #             `hearth bench-model --shape shape --quant quant` (written once per run), benched by
 #             `hearth bench --device cuda args` with `env` (`A=1,B=2`, or `-` for none) set, e.g.
