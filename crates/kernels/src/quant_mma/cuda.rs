@@ -17,13 +17,16 @@ use crate::Result;
 /// `mma.sync` with BF16 operands, `fma.rn.bf16x2` and `cp.async` need PTX for compute capability 8.0.
 pub static MODULE: CudaModule = CudaModule::for_arch("hearth_quant_mma", "mma.cu", CUDA_SOURCE, "compute_80");
 
-/// Weight rows per thread block (`MMA_ROWS` in mma.cu) and its warps (`MMA_WARPS`: four rows of
-/// 16, each split into two parts).
-const ROWS_PER_BLOCK: u32 = 64;
-const WARPS_PER_BLOCK: u32 = 8;
+/// Warps of 16 weight rows per thread block for token tiles of `8 * tiles_of_8` (as
+/// `mma_row_warps` in mma.cu); each is split into two parts, so a block has twice as many warps.
+fn row_warps(tiles_of_8: usize) -> u32 {
+    if tiles_of_8 <= 2 { 2 } else { 4 }
+}
 
-/// Blocks a launch aims at: small matrices (few row blocks) are cut into slices of super-blocks
-/// until about this many blocks fill the GPU (132 SMs on an H100, two blocks each).
+/// Blocks of 64 rows a launch aims at: small matrices (few row blocks) are cut into slices of
+/// super-blocks until about this many blocks fill the GPU (132 SMs on an H100, two blocks each).
+/// Counted in 64-row blocks whatever the launch's block size, so that the slices (and a row's
+/// summation order) depend on the matrices alone.
 const TARGET_BLOCKS: usize = 256;
 const MAX_SLICES: usize = 8;
 
@@ -120,7 +123,7 @@ impl QuantMma<'_> {
                 nrows: n as u32,
                 format,
                 offset: matrices.total,
-                blocks: (n as u32).div_ceil(ROWS_PER_BLOCK),
+                blocks: 0, // set by `launch` for its block size
             };
             matrices.total += n as u32;
         }
@@ -162,34 +165,41 @@ fn dense_launch<T: CudaDType + DeviceRepr>(w: (&CudaStorage, &Layout), x: (&Cuda
     let stream = w.0.device().cuda_stream();
     // The guard keeps the weight's pointer valid (and ordered on the stream) through the launch.
     let (ptr, _guard) = wv.device_ptr(&stream);
-    let matrix = MmaMatrix { w: ptr, nrows: n as u32, format: FORMAT_DENSE, offset: 0, blocks: (n as u32).div_ceil(ROWS_PER_BLOCK) };
+    let matrix = MmaMatrix { w: ptr, nrows: n as u32, format: FORMAT_DENSE, offset: 0, blocks: 0 };
     let matrices = MmaMatrices { m: [matrix, MmaMatrix::default(), MmaMatrix::default()], count: 1, total: n as u32 };
     launch::<T>(matrices, x.0, x.1, suffix)
 }
 
 /// The product of `matrices` (their pointers valid for the launch) with the activations `x`
 /// (`[rows, k]`, k a multiple of 256): a flat `[rows * total]` result.
-fn launch<T: CudaDType + DeviceRepr>(matrices: MmaMatrices, x: &CudaStorage, x_l: &Layout, suffix: &str) -> candle_core::Result<(CudaStorage, Shape)> {
+fn launch<T: CudaDType + DeviceRepr>(mut matrices: MmaMatrices, x: &CudaStorage, x_l: &Layout, suffix: &str) -> candle_core::Result<(CudaStorage, Shape)> {
     let (rows, k) = x_l.shape().dims2()?;
     if k % 256 != 0 || rows == 0 {
         candle_core::bail!("quant_mma: activations {rows}x{k}");
     }
-    let (total, row_blocks) = (matrices.total as usize, matrices.m.iter().map(|m| m.blocks).sum::<u32>());
     // Token tiles of 8 * tiles_of_8 rows (the last one padded with zeros in shared memory).
     let tiles_of_8 = rows.min(TOKENS_PER_TILE).div_ceil(8);
     let tiles = rows.div_ceil(8 * tiles_of_8);
+    let rows_per_block = 16 * row_warps(tiles_of_8);
+    let count = matrices.count as usize;
+    for m in &mut matrices.m[..count] {
+        m.blocks = m.nrows.div_ceil(rows_per_block);
+    }
+    let row_blocks = matrices.m[..count].iter().map(|m| m.blocks).sum::<u32>();
+    let blocks_of_64: u32 = matrices.m[..count].iter().map(|m| m.nrows.div_ceil(64)).sum();
+    let total = matrices.total as usize;
     let xv = contiguous_view::<T>(x, x_l, "quant_mma: activations")?;
     let dev = x.device().clone();
     // SAFETY: the product writes every output element (rows x total).
     let out = unsafe { dev.alloc::<T>(rows * total)? };
     let (rows_u32, k_u32) = (rows as u32, k as u32);
-    let slices = slices_for(row_blocks as usize, k);
+    let slices = slices_for(blocks_of_64 as usize, k);
     // SAFETY: with several slices every slice writes its rows x total partial products.
     let partial = unsafe { dev.alloc::<f32>(if slices > 1 { slices * rows * total } else { 1 })? };
     let product = MODULE.function(x, &format!("mma_{suffix}_{tiles_of_8}"))?;
     let cfg = LaunchConfig {
         grid_dim: (tiles as u32, row_blocks, slices as u32),
-        block_dim: (32, WARPS_PER_BLOCK, 1),
+        block_dim: (32, 2 * row_warps(tiles_of_8), 1),
         shared_mem_bytes: 0,
     };
     let mut b = product.builder();

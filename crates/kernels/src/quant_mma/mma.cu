@@ -3,9 +3,9 @@
 // tensor cores (mma.sync m16n8k16, sm_80+). y[c][row] = sum_k W[row][k] * x[c][k]; x
 // and y BF16 or F16, F32 accumulation in the mma's own registers.
 //
-// One launch takes up to three matrices of one width (Q, K, V; gate, up). A block takes 64 weight
-// rows of one of them (four row warps of 16, each doubled into two warps that split every half
-// super-block between them), one tile of 8 * NT tokens (NT <= 8) and one slice of the
+// One launch takes up to three matrices of one width (Q, K, V; gate, up). A block takes 32 or 64
+// weight rows of one of them (two or four row warps of 16, `mma_row_warps`, each doubled into two
+// warps that split every half super-block between them), one tile of 8 * NT tokens (NT <= 8) and one slice of the
 // super-blocks (grid.z: small matrices are sliced so the grid fills the GPU, and `mma_reduce_*`
 // adds the slices' F32 partial products in slice order). Token tiles are the fastest grid
 // dimension, so the blocks that read the same weights run side by side and share them through L2.
@@ -28,10 +28,12 @@
 // A and B agree: lane tig takes the real values 4tig .. 4tig + 3 of each 16 (a0/b0 the first two,
 // a2/b1 the last two), which are 4 consecutive bytes of a block and 8 consecutive bytes of a token.
 
-#define MMA_ROW_WARPS 4  // warps of 16 weight rows: 64 rows per block
-#define MMA_PARTS 2      // warps per 16 rows: one unit of each stage each
-#define MMA_WARPS (MMA_ROW_WARPS * MMA_PARTS)
-#define MMA_ROWS (16 * MMA_ROW_WARPS)
+#define MMA_PARTS 2  // warps per 16 rows: one unit of each stage each
+// Warps of 16 weight rows per block, by token tiles: 2 (32 rows) for tiles of up to 16 tokens,
+// whose blocks are light and whose grids then have twice the blocks (8B tg64 b8 1,580 -> 1,720
+// tok/s, b16 2,960 -> 3,086); 4 (64 rows) for larger tiles (b64 6,750 with 2, 7,100 with 4).
+// A row's arithmetic does not depend on it (`rows_per_block` in cuda.rs must agree).
+__host__ __device__ constexpr int mma_row_warps(int nt) { return nt <= 2 ? 2 : 4; }
 // Shared-memory row stride of a token in a stage (128 values, 256 bytes, plus padding): 72 words,
 // so the 8-byte fragment loads of 8 tokens x 4 lanes hit distinct banks.
 #define TOKEN_STRIDE 288
@@ -92,7 +94,7 @@ __device__ __forceinline__ void stage_tokens(unsigned char* xs, const T* x, unsi
                                              unsigned int rows, unsigned int tok0) {
     const unsigned int tid = threadIdx.y * 32 + threadIdx.x;
 #pragma unroll
-    for (unsigned int i = tid; i < NTOK * 16; i += 32 * MMA_WARPS) {
+    for (unsigned int i = tid; i < NTOK * 16; i += 32 * MMA_PARTS * mma_row_warps(NTOK / 8)) {
         const unsigned int n = i / 16, chunk = i % 16, tok = tok0 + n;
         const bool valid = tok < rows;
         const T* src = valid ? x + (unsigned long long)tok * k + st * 128 + chunk * 8 : x;
@@ -283,11 +285,12 @@ __device__ __forceinline__ void dense_unit(const DenseLane& r0, const DenseLane&
 // then), which adds them in part order: one fixed order, whatever the batch.
 template <int NT>
 __device__ __forceinline__ bool reduce_parts(float acc[NT][4], float* scratch) {
-    const unsigned int row_warp = threadIdx.y % MMA_ROW_WARPS, part = threadIdx.y / MMA_ROW_WARPS;
-    static_assert((MMA_PARTS - 1) * MMA_ROW_WARPS * NT * 4 * 32 * 4 <= 2 * NT * 8 * TOKEN_STRIDE, "scratch fits the token buffers");
+    constexpr unsigned int ROW_WARPS = mma_row_warps(NT);
+    const unsigned int row_warp = threadIdx.y % ROW_WARPS, part = threadIdx.y / ROW_WARPS;
+    static_assert((MMA_PARTS - 1) * ROW_WARPS * NT * 4 * 32 * 4 <= 2 * NT * 8 * TOKEN_STRIDE, "scratch fits the token buffers");
     // [part - 1][row_warp][t * 4 + i][lane]: consecutive lanes, consecutive words
     float* mine = scratch + (row_warp * NT * 4) * 32 + threadIdx.x;
-    const unsigned int part_stride = MMA_ROW_WARPS * NT * 4 * 32;
+    const unsigned int part_stride = ROW_WARPS * NT * 4 * 32;
     if (part > 0)
 #pragma unroll
         for (int t = 0; t < NT; ++t)
@@ -379,8 +382,9 @@ __device__ void mma_matrix(const MmaMatrix& mat, unsigned int block_row, unsigne
     const unsigned int nrows = mat.nrows, nsb = k / 256, tok0 = blockIdx.x * NTOK;
     const unsigned int sb_begin = blockIdx.z * nsb / gridDim.z, sb_end = (blockIdx.z + 1) * nsb / gridDim.z;
     const unsigned int gid = threadIdx.x / 4, tig = threadIdx.x % 4;
-    const unsigned int row_warp = threadIdx.y % MMA_ROW_WARPS, part = threadIdx.y / MMA_ROW_WARPS;
-    const unsigned int row0 = block_row * MMA_ROWS + row_warp * 16 + gid;
+    constexpr unsigned int ROW_WARPS = mma_row_warps(NT);
+    const unsigned int row_warp = threadIdx.y % ROW_WARPS, part = threadIdx.y / ROW_WARPS;
+    const unsigned int row0 = block_row * 16 * ROW_WARPS + row_warp * 16 + gid;
     // Rows past the matrix read the last row (valid memory); their results are not stored.
     const unsigned char* w0 = mat.w + (unsigned long long)(row0 < nrows ? row0 : nrows - 1) * nsb * BLOCK_BYTES;
     const unsigned char* w1 = mat.w + (unsigned long long)(row0 + 8 < nrows ? row0 + 8 : nrows - 1) * nsb * BLOCK_BYTES;
@@ -450,7 +454,7 @@ __device__ void mma_reduce(const float* __restrict__ partial, T* __restrict__ y,
 }
 
 #define MMA_KERNEL(SUFFIX, T, NT)                                                                          \
-    extern "C" __global__ void __launch_bounds__(32 * MMA_WARPS) mma_##SUFFIX##_##NT(                       \
+    extern "C" __global__ void __launch_bounds__(32 * MMA_PARTS * mma_row_warps(NT)) mma_##SUFFIX##_##NT(  \
         MmaMatrices matrices, const T* x, T* y, float* partial, unsigned int k, unsigned int rows) {        \
         mma_group<T, NT>(matrices, x, y, partial, k, rows);                                                \
     }
