@@ -11,7 +11,7 @@
 #   BENCH     benchmarks separated by `;`, each `shape:quant:env:args`: a random-weight model of
 #             `hearth bench-model --shape shape --quant quant` (written once per run), benched by
 #             `hearth bench --device cuda args` with `env` (`A=1,B=2`, or `-` for none) set, e.g.
-#             BENCH="llama3-8b:q4_k_m:-:-p none --batch 1;llama3-8b:q4_k_m:HEARTH_PDL=0:-p none"
+#             BENCH="llama3-8b:q4_k_m:-:-p none --batch 1;llama3-8b:q4_k_m:HEARTH_MMA_MIN_ROWS=3:-p none --batch 3"
 #   VOCAB     the vocabulary bench-model takes (`--vocab-from`; a GGUF with the tokenizer, or a
 #             tokenizer.json); default .device-model/vocab-smollm2.gguf
 #

@@ -1,8 +1,8 @@
 //! Exact-id tests of several plans in flight at once (a pipeline computing one step per
 //! stage): a later `schedule` leaves out requests in flight, plans are updated out of order,
-//! a request in flight is never preempted (an older one that needs its blocks waits), aborting one in flight is safe, and plans
-//! scheduled for several free slots share the requests evenly. Test-only; owns
-//! nothing at run time.
+//! a request in flight is never preempted (an older one that needs its blocks waits), aborting
+//! one in flight is safe, and plans scheduled for several free slots share the requests
+//! evenly. Test-only; owns nothing at run time.
 
 use crate::scheduler_tests::{add, scheduler, tokens, SAMPLED_TOKEN};
 use crate::{RequestId, RequestStatus, SampledToken, Scheduler, StepPlan};

@@ -35,7 +35,7 @@ fn activations(rows: usize, k: usize, dtype: DType, device: &Device) -> Tensor {
 #[test]
 fn mma_matches_the_f32_reference() {
     let Some(device) = crate::test_gpu() else { return };
-    // (n, k): heights that are not a multiple of the 64-row block; one super-block (one slice),
+    // (n, k): heights that are not a multiple of a block's rows (32 or 64); one super-block (one slice),
     // 3, 16 and 9 super-blocks (2, 8 and 8 slices, the last uneven)
     for (n, k) in [(130, 256), (100, 768), (64, 4096), (256, 2304)] {
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();

@@ -5,10 +5,11 @@
 //
 // One launch takes up to three matrices of one width (Q, K, V; gate, up). A block takes 32 or 64
 // weight rows of one of them (two or four row warps of 16, `mma_row_warps`, each doubled into two
-// warps that split every half super-block between them), one tile of 8 * NT tokens (NT <= 8) and one slice of the
-// super-blocks (grid.z: small matrices are sliced so the grid fills the GPU, and `mma_reduce_*`
-// adds the slices' F32 partial products in slice order). Token tiles are the fastest grid
-// dimension, so the blocks that read the same weights run side by side and share them through L2.
+// warps that split every half super-block between them), one tile of 8 * NT tokens (NT <= 8) and
+// one slice of the super-blocks (grid.z: small matrices are sliced so the grid fills the GPU,
+// and `mma_reduce_*` adds the slices' F32 partial products in slice order). Token tiles are the
+// fastest grid dimension, so the blocks that read the same weights run side by side and share
+// them through L2.
 //
 // Per stage of 128 values (half a super-block) the tile's activations are copied to shared memory
 // with cp.async and each warp's weight bytes are loaded into registers, both one stage ahead of the
@@ -30,9 +31,9 @@
 
 #define MMA_PARTS 2  // warps per 16 rows: one unit of each stage each
 // Warps of 16 weight rows per block, by token tiles: 2 (32 rows) for tiles of up to 16 tokens,
-// whose blocks are light and whose grids then have twice the blocks (8B tg64 b8 1,580 -> 1,720
-// tok/s, b16 2,960 -> 3,086); 4 (64 rows) for larger tiles (b64 6,750 with 2, 7,100 with 4).
-// A row's arithmetic does not depend on it (`rows_per_block` in cuda.rs must agree).
+// whose blocks are light and whose grids then have twice the blocks (8B tg64 b8 about 1,580 ->
+// 1,720 tok/s, b16 2,960 -> 3,086); 4 (64 rows) for larger tiles (b64 about 6,750 with 2, 7,100
+// with 4; PERF.md). A row's arithmetic does not depend on it (`row_warps` in cuda.rs must agree).
 __host__ __device__ constexpr int mma_row_warps(int nt) { return nt <= 2 ? 2 : 4; }
 // Shared-memory row stride of a token in a stage (128 values, 256 bytes, plus padding): 72 words,
 // so the 8-byte fragment loads of 8 tokens x 4 lanes hit distinct banks.
@@ -361,7 +362,7 @@ struct MmaMatrix {
     unsigned int nrows;
     unsigned int format;
     unsigned int offset;  // output rows of the matrices before this one
-    unsigned int blocks;  // its 64-row blocks
+    unsigned int blocks;  // its blocks of 16 * mma_row_warps(NT) rows
 };
 struct MmaMatrices {
     MmaMatrix m[3];
@@ -369,7 +370,7 @@ struct MmaMatrices {
     unsigned int total;  // output rows of all of them
 };
 
-// One matrix's block of 64 rows (block_row) against a token tile and a slice of the super-blocks.
+// One matrix's block of 16 * mma_row_warps(NT) rows (block_row) against a token tile and a slice of the super-blocks.
 // With one slice (gridDim.z == 1) the block stores y; otherwise F32 partial sums, which
 // mma_reduce adds in slice order.
 template <typename T, int NT, int FORMAT>
@@ -419,7 +420,7 @@ __device__ void mma_matrix(const MmaMatrix& mat, unsigned int block_row, unsigne
     else store_tile<float, NT>(acc, partial + (unsigned long long)blockIdx.z * rows * total + out, row0, nrows, tok0, rows);
 }
 
-// Block (x: a tile of 8 * NT tokens, y: 64 rows of one of the matrices, z: a slice of the
+// Block (x: a tile of 8 * NT tokens, y: 32 or 64 rows of one of the matrices, z: a slice of the
 // super-blocks).
 template <typename T, int NT>
 __device__ void mma_group(const MmaMatrices& ms, const T* __restrict__ x, T* __restrict__ y, float* __restrict__ partial,
