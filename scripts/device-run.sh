@@ -8,6 +8,9 @@
 #             engine's batch invariance, with HEARTH_REQUIRE_GPU=1 (a missing GPU fails them;
 #             batch invariance also needs SmolLM2's GGUF in ~/.cache/hearth/assets, which a GPU
 #             machine without network has only if it was carried there)
+#   TP=1      with two or more GPUs: the tensor-parallel test (a group through NCCL against the
+#             CPU model), then `hearth serve --tensor-parallel 2` on a random-weight Llama-3.2-1B
+#             Q4_K_M answering two completions over HTTP, and `hearth bench --tensor-parallel 2`
 #   BENCH     benchmarks separated by `;`, each `shape:quant:env:args`: a random-weight model of
 #             `hearth bench-model --shape shape --quant quant` (written once per run), benched by
 #             `hearth bench --device cuda args` with `env` (`A=1,B=2`, or `-` for none) set, e.g.
@@ -25,6 +28,9 @@ SUMMARY="$OUT/summary.txt"
 
 nvidia_lib="$(python3 -c 'import nvidia, os; print(list(nvidia.__path__)[0])' 2>/dev/null)/cu13/lib"
 export LD_LIBRARY_PATH="$nvidia_lib:${LD_LIBRARY_PATH:-}"
+# NCCL (tensor parallelism) from the same wheels, where it lies apart from cu13/lib.
+nccl="$(find "$(dirname "$nvidia_lib")/.." -name 'libnccl.so.2' 2>/dev/null | head -n1)"
+[ -n "$nccl" ] && export LD_LIBRARY_PATH="$(dirname "$nccl"):$LD_LIBRARY_PATH"
 bash scripts/device-unpack.sh > /dev/null
 BIN=.device-bin
 
@@ -47,8 +53,37 @@ if [ "${TESTS:-0}" = 1 ]; then
   run_test batch-invariance "$BIN/hearth-engine-batch-invariance" gpu_
 fi
 
+vocab="${VOCAB:-.device-model/vocab-smollm2.gguf}"
+
+if [ "${TP:-0}" = 1 ]; then
+  run_test tensor-parallel "$BIN/hearth-models-tp" a_group_on_cuda --nocapture
+  grep -E 'rank\(s\) on CUDA' "$OUT/test-tensor-parallel.log" | tee -a "$SUMMARY"
+  model="$(mktemp -d)/llama3-1b.gguf"
+  "$BIN/hearth" bench-model --shape llama3.2-1b --quant q4_k_m --out "$model" --vocab-from "$vocab" > "$OUT/tp-bench-model.log" 2>&1
+  "$BIN/hearth" serve --model "$model" --device cuda --tensor-parallel 2 --port 18080 > "$OUT/tp-serve.log" 2>&1 &
+  server=$!
+  # GET or POST (with a JSON body) on the server; prints the reply, fails on an HTTP error.
+  http() {
+    python3 -c 'import sys, urllib.request as u
+body = sys.argv[2].encode() if len(sys.argv) > 2 else None
+req = u.Request("http://127.0.0.1:18080" + sys.argv[1], data=body, headers={"content-type": "application/json"})
+print(u.urlopen(req, timeout=120).read().decode())' "$@"
+  }
+  for _ in $(seq 120); do http /health > /dev/null 2>&1 && break; sleep 1; done
+  name="$(http /health | python3 -c 'import json, sys; print(json.load(sys.stdin)["model"])')"
+  for prompt in "Hello" "The quick brown fox"; do
+    body="{\"model\": \"$name\", \"prompt\": \"$prompt\", \"max_tokens\": 16, \"temperature\": 0}"
+    reply="$(http /v1/completions "$body" 2>&1)"
+    note "serve --tensor-parallel 2, \"$prompt\": $(echo "$reply" | head -c 300)"
+  done
+  kill "$server"; wait "$server"
+  note "serve --tensor-parallel 2, stopped by SIGTERM: exit $? (log: tp-serve.log)"
+  "$BIN/hearth" bench --model "$model" --device cuda --tensor-parallel 2 -p 512 -n 64 -r 2 > "$OUT/tp-bench.log" 2>&1
+  note "bench --tensor-parallel 2: exit $?"
+  grep -E '[|] (tg|pp)[0-9]+' "$OUT/tp-bench.log" | tee -a "$SUMMARY"
+fi
+
 if [ -n "${BENCH:-}" ]; then
-  vocab="${VOCAB:-.device-model/vocab-smollm2.gguf}"
   models="$(mktemp -d)"
   IFS=';' read -ra benches <<< "$BENCH"
   for i in "${!benches[@]}"; do

@@ -124,10 +124,25 @@ pub fn run(args: ServeArgs) -> Result<()> {
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         max_body_bytes: args.max_body_bytes,
     };
+    let mut engine_thread = handle.take_engine_thread();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(hearth_server::serve(handle, options))?;
+    let served = runtime.block_on(hearth_server::serve(handle, options));
+    // With the runtime go the last handles and streams; the engine thread then drops the model
+    // and the KV pool. The process must not exit under it: its teardown unloads the GPU driver
+    // and NCCL while a tensor-parallel group still frees on them (a segfault on Ctrl-C).
+    drop(runtime);
+    if let Some(thread) = engine_thread.as_mut() {
+        if !thread.join_within(ENGINE_STOP_TIMEOUT) {
+            eprintln!("warning: the engine did not stop within {ENGINE_STOP_TIMEOUT:?}; exiting anyway");
+        }
+    }
+    served?;
     Ok(())
 }
+
+/// How long `hearth serve` waits for the engine to finish its steps in flight and free the model
+/// after the server stopped.
+const ENGINE_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Turns batch-invariant mode on for `--batch-invariant`, and refuses the setups where it would
 /// not hold.

@@ -72,7 +72,7 @@ pub(crate) fn spawn(
     config: EngineConfig,
     stats: Arc<Mutex<EngineStats>>,
     running: Arc<AtomicBool>,
-) -> Result<mpsc::Sender<Command>> {
+) -> Result<(mpsc::Sender<Command>, std::thread::JoinHandle<()>)> {
     let scheduler = Scheduler::new(config.scheduler_config())?;
     let (commands_tx, commands) = mpsc::channel();
     let kv_generation = executor.kv_generation();
@@ -87,14 +87,14 @@ pub(crate) fn spawn(
         stats,
         kv_generation,
     };
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("hearth-engine".into())
         .spawn(move || {
             let _running = RunningFlag(running);
             engine.run()
         })
         .map_err(|err| EngineError::Invalid(format!("cannot start the engine thread: {err}")))?;
-    Ok(commands_tx)
+    Ok((commands_tx, thread))
 }
 
 /// Clears the shared "engine is running" flag when the thread ends, even by panic.

@@ -2,7 +2,8 @@
 //! up to two steps in flight and completes one per permit from the test): plans in flight
 //! never share a request; a request aborted while its step is in flight loses that step's
 //! outputs and keeps its sampler until the step completed, while the others generate every
-//! token; a KV loss reported by one step fails the requests of the other step in flight too.
+//! token; a KV loss reported by one step fails the requests of the other step in flight too;
+//! the engine thread stops, its executor dropped, only once every handle and stream is gone.
 //! Test-only; owns nothing at run time.
 
 use std::collections::{HashMap, VecDeque};
@@ -40,6 +41,8 @@ struct FakeLog {
     /// Fail the first completion with another step in flight, reporting a KV loss.
     lose_kv_with_two_in_flight: bool,
     lost_kv: bool,
+    /// The executor was dropped (the engine thread is stopping).
+    dropped: bool,
 }
 
 struct FakePipeline {
@@ -49,6 +52,12 @@ struct FakePipeline {
     permits: Receiver<()>,
     log: Arc<Mutex<FakeLog>>,
     kv_generation: u64,
+}
+
+impl Drop for FakePipeline {
+    fn drop(&mut self) {
+        self.log.lock().unwrap().dropped = true;
+    }
 }
 
 impl FakePipeline {
@@ -202,6 +211,27 @@ fn in_flight_when_blocked(log: &Mutex<FakeLog>, num_given: usize) -> Vec<Vec<Req
         std::thread::sleep(Duration::from_millis(10));
     }
     panic!("the engine never waited for permit {}", num_given + 1);
+}
+
+#[test]
+fn the_engine_thread_stops_with_its_executor_dropped_once_every_handle_and_stream_is_gone() {
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let (handle, permits, log) = engine(false);
+    let mut thread = handle.take_engine_thread().expect("the first take gets the thread");
+    assert!(handle.take_engine_thread().is_none(), "the thread is taken once");
+    let mut stream = add(&handle, 10, 2);
+    give_permits(&permits, 64);
+    assert_eq!(collect(&runtime, &mut stream).unwrap(), vec![FIRST_TOKEN, FIRST_TOKEN + 1]);
+    let clone = handle.clone();
+    drop(handle);
+    assert!(!thread.join_within(Duration::from_millis(50)), "a handle is left: the engine keeps running");
+    assert!(!log.lock().unwrap().dropped);
+    drop(clone);
+    assert!(!thread.join_within(Duration::from_millis(50)), "a stream is left: the engine keeps running");
+    drop(stream);
+    assert!(thread.join_within(Duration::from_secs(10)), "the engine thread did not stop");
+    assert!(log.lock().unwrap().dropped, "the executor is dropped before the thread ends");
+    assert!(thread.join_within(Duration::ZERO), "a stopped thread stays stopped");
 }
 
 #[test]

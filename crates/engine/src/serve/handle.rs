@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::pin::Pin;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use std::task::{Context, Poll};
 
 use hearth_scheduler::RequestId;
@@ -36,6 +38,8 @@ struct Inner {
     /// Cleared by the engine thread when it exits (normally or by panic).
     running: Arc<AtomicBool>,
     next_request_id: AtomicU64,
+    /// Until `take_engine_thread` takes it.
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl EngineHandle {
@@ -49,9 +53,18 @@ impl EngineHandle {
     ) -> Result<Self> {
         let stats = Arc::new(Mutex::new(EngineStats::default()));
         let running = Arc::new(AtomicBool::new(true));
-        let commands = engine_loop::spawn(executor, tokenizer.clone(), config.clone(), stats.clone(), running.clone())?;
-        let inner = Inner { commands, tokenizer, model_info, config, stats, running, next_request_id: AtomicU64::new(1) };
+        let (commands, thread) = engine_loop::spawn(executor, tokenizer.clone(), config.clone(), stats.clone(), running.clone())?;
+        let thread = Mutex::new(Some(thread));
+        let inner = Inner { commands, tokenizer, model_info, config, stats, running, next_request_id: AtomicU64::new(1), thread };
         Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// The engine thread, for waiting until it has stopped (the first call gets it; later calls
+    /// `None`). A process that exits while the thread still drops its executor tears the GPU
+    /// driver (and NCCL) down under it: `hearth serve` drops every handle, then waits.
+    pub fn take_engine_thread(&self) -> Option<EngineThread> {
+        let thread = self.inner.thread.lock().ok()?.take()?;
+        Some(EngineThread(Some(thread)))
     }
 
     pub fn model_info(&self) -> &ModelInfo {
@@ -117,6 +130,28 @@ impl EngineHandle {
         }
         request.sampling.validate()?;
         Ok(())
+    }
+}
+
+/// The engine's thread. It stops once every `EngineHandle` and `DeltaStream` is dropped (after
+/// finishing the steps in flight), dropping its executor: the model, the KV pool, the GPUs'
+/// buffers.
+pub struct EngineThread(Option<JoinHandle<()>>);
+
+impl EngineThread {
+    /// Waits up to `timeout` for the thread to stop; true when it has. (A panic on it was already
+    /// reported by the panic hook, and requests failed with `ShuttingDown`.)
+    pub fn join_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let Some(thread) = &self.0 else { return true };
+        while !thread.is_finished() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.0.take().map(JoinHandle::join);
+        true
     }
 }
 

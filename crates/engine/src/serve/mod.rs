@@ -21,7 +21,7 @@ mod tests;
 
 pub use engine_loop::EngineConfig;
 pub use executor::{Executor, SampledOutput, SamplingSetup, Submitted};
-pub use handle::{DeltaStream, EngineHandle};
+pub use handle::{DeltaStream, EngineHandle, EngineThread};
 pub use kv_budget::KvPoolPlan;
 pub use local_executor::{KvPoolParams, LocalExecutor, StepLimits};
 pub use tensor_parallel_executor::TensorParallelExecutor;
