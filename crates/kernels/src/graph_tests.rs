@@ -47,11 +47,11 @@ fn step(stream: &Tensor, layers: &[Layer]) -> candle_core::Result<Tensor> {
     for layer in layers {
         let normed = fused::rms_norm_f32_stream(&stream, &layer.norm, 1e-5).map_err(w)?;
         let qkv: Vec<&QTensor> = layer.qkv.iter().collect();
-        let parts = quant_matvec_group(&qkv, &normed).map_err(w)?;
+        let parts = quant_matvec_group(&qkv, &normed, None).map_err(w)?;
         let mixed = (parts[0].silu()? * 0.5)?;
         let attn = quant_matvec(&layer.out, &mixed).map_err(w)?;
         let (normed, sum) = fused::add_rms_norm_f32_residual(&attn, &stream, &layer.norm, 1e-5).map_err(w)?;
-        let hidden = quant_matvec_gated(&layer.gate, &layer.up, &normed, GatedActivation::Silu).map_err(w)?;
+        let hidden = quant_matvec_gated(&layer.gate, &layer.up, &normed, GatedActivation::Silu, None).map_err(w)?;
         let down = quant_matvec(&layer.down, &hidden).map_err(w)?;
         stream = (sum + down.to_dtype(DType::F32)?)?;
     }

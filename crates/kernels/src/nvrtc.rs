@@ -11,7 +11,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaStream, CudaView, LaunchArgs};
 use candle_core::cuda_backend::cudarc::nvrtc::{self, CompileOptions, Ptx};
 use candle_core::cuda_backend::CudaDType;
-use candle_core::{CudaStorage, Layout};
+use candle_core::{CudaStorage, Layout, Storage};
 
 /// One CUDA C source file and its compiled PTX.
 pub struct CudaModule {
@@ -116,5 +116,17 @@ pub fn contiguous_view<'a, T: CudaDType>(
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(slice.slice(start..end)),
         None => candle_core::bail!("{what} must be contiguous"),
+    }
+}
+
+/// A CUDA tensor's storage and layout, as a launch reads it.
+pub type Operand<'a> = (&'a CudaStorage, &'a Layout);
+
+/// A tensor's storage (from `storage_and_layout`) as a CUDA operand (`op` names the op in the
+/// error when the tensor is elsewhere).
+pub fn cuda_operand<'a>(storage: &'a Storage, layout: &'a Layout, op: &str) -> candle_core::Result<Operand<'a>> {
+    match storage {
+        Storage::Cuda(s) => Ok((s, layout)),
+        _ => candle_core::bail!("{op}: every operand must be on the GPU"),
     }
 }

@@ -6,6 +6,7 @@
 
 use candle_core::Tensor;
 use hearth_kernels::fused::{self, RopeKvInputs};
+use hearth_kernels::quant_matvec::Int8Rows;
 use hearth_kernels::paged_attention::{paged_attention_with, split::SplitChoice};
 use hearth_kernels::{paged_attention, prefill_attention, write_kv, AttentionLayout, SequenceSpan};
 
@@ -38,12 +39,13 @@ pub struct Attention {
 
 impl Attention {
     /// `x` `[num_tokens, hidden]` -> `[num_tokens, hidden]`; writes this step's K/V to the pool.
-    pub fn forward(&self, x: &Tensor, batch: &ForwardBatch, k_cache: &Tensor, v_cache: &Tensor) -> Result<Tensor> {
+    /// `int8`: `x` already quantized for the Q/K/V int8 launch (or `None`).
+    pub fn forward(&self, x: &Tensor, int8: Option<&Int8Rows>, batch: &ForwardBatch, k_cache: &Tensor, v_cache: &Tensor) -> Result<Tensor> {
         let num_tokens = x.dim(0)?;
         let (q_dim, kv_dim) = (self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim);
         let (q, k, v) = match &self.qkv {
             QkvProj::Separate { q, k, v } => {
-                let [q, k, v] = Linear::forward_many([q, k, v], x)?;
+                let [q, k, v] = Linear::forward_many([q, k, v], x, int8)?;
                 (q, k, v)
             }
             QkvProj::Fused(qkv) => {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 use hearth_kernels::fused::{self, GatedActivation};
+use hearth_kernels::quant_matvec::Int8Rows;
 use hearth_kernels::{dense_matvec, quant_matvec, quant_mma, QuantizedMatrix};
 
 use crate::config::{Activation, ModelConfig, RopeScaling};
@@ -279,13 +280,15 @@ impl Linear {
     /// `x` once, up to 8 rows; `quant_mma_group` for batches); otherwise one forward each. The
     /// same results either way (up to summation order for `quant_mma_group`, whose slices
     /// follow the group).
-    pub fn forward_many<const N: usize>(linears: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
+    /// `int8`: `x` already quantized by the norm before (for the int8 launch only; see
+    /// [`RmsNorm::forward_for_int8_products`]).
+    pub fn forward_many<const N: usize>(linears: [&Linear; N], x: &Tensor, int8: Option<&Int8Rows>) -> Result<[Tensor; N]> {
         let quantized: Option<Vec<&QTensor>> = linears.iter().map(|linear| linear.candle_qtensor()).collect();
         let grouped = match &quantized {
             Some(qs) if N > 1 && !x.device().is_cpu() => {
                 let invariant = numerics::batch_invariant();
                 if !invariant && !quant_mma_rows(x)? && quant_matvec::group_supported(qs, x) {
-                    Some(quant_matvec::quant_matvec_group(qs, x)?)
+                    Some(quant_matvec::quant_matvec_group(qs, x, int8)?)
                 } else if (invariant || quant_mma_rows(x)?) && quant_mma::group_supported(qs, x) {
                     Some(quant_mma::quant_mma_group(qs, x)?)
                 } else {
@@ -423,6 +426,31 @@ impl RmsNorm {
         Ok(candle_nn::ops::rms_norm(&x, &self.weight, self.eps)?)
     }
 
+    /// The norm before a block's products on the residual stream: of `delta + residual`
+    /// ([`Self::forward_residual`]) or, before the first block, of `residual` alone; returns the
+    /// normed rows, the new residual, and — on a GPU generation step whose products take int8
+    /// activations (few rows, F32 stream, widths of whole 256-value blocks, not batch-invariant)
+    /// — the normed rows quantized by the same kernel, so that no product's blocks quantize them
+    /// again (`None` elsewhere; the products then quantize themselves, same results).
+    pub fn forward_for_int8_products(&self, delta: Option<&Tensor>, residual: &Tensor) -> Result<(Tensor, Tensor, Option<Int8Rows>)> {
+        let int8 = residual.device().is_cuda()
+            && !numerics::batch_invariant()
+            && delta.is_none_or(|d| d.dtype() == self.weight.dtype() && d.dims() == residual.dims())
+            && fused::int8_rows_supported(residual, &self.weight)
+            && !quant_mma_rows(residual)?;
+        if int8 {
+            let (normed, sum, rows) = fused::f32_stream_norm_int8(delta, residual, &self.weight, self.eps)?;
+            return Ok((normed, sum.unwrap_or_else(|| residual.clone()), Some(rows)));
+        }
+        Ok(match delta {
+            Some(delta) => {
+                let (normed, sum) = self.forward_residual(delta, residual)?;
+                (normed, sum, None)
+            }
+            None => (self.forward(residual)?, residual.clone(), None),
+        })
+    }
+
     /// `(norm(x + residual), x + residual)` for `[tokens, hidden]` inputs: one fused kernel on a
     /// GPU (`hearth_kernels::fused::add_rms_norm`), an add and the norm elsewhere. The sum keeps
     /// the residual's dtype: an F32 residual stream with BF16/F16 `x` adds in F32
@@ -545,23 +573,24 @@ impl Mlp {
 
     /// Generation-sized steps on a GPU with quantized, bias-free gate and up projections: both
     /// products and the activation in one launch (`quant_matvec_gated`); `None` elsewhere.
-    fn gated_matvec(&self, x: &Tensor) -> Result<Option<Tensor>> {
+    fn gated_matvec(&self, x: &Tensor, int8: Option<&Int8Rows>) -> Result<Option<Tensor>> {
         let GateUp::Separate { gate, up } = &self.gate_up else { return Ok(None) };
         let (Some(g), Some(u)) = (gate.candle_qtensor(), up.candle_qtensor()) else { return Ok(None) };
         // Batch-invariant mode: the gated matvec rounds differently from the batched products.
         if gate.bias.is_some() || up.bias.is_some() || numerics::batch_invariant() || quant_mma_rows(x)? || !quant_matvec::gated_supported(g, u, x) {
             return Ok(None);
         }
-        Ok(Some(quant_matvec::quant_matvec_gated(g, u, x, self.gated_activation())?))
+        Ok(Some(quant_matvec::quant_matvec_gated(g, u, x, self.gated_activation(), int8)?))
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(activated) = self.gated_matvec(x)? {
+    /// `int8`: `x` already quantized for the gated int8 launch (or `None`).
+    pub fn forward(&self, x: &Tensor, int8: Option<&Int8Rows>) -> Result<Tensor> {
+        if let Some(activated) = self.gated_matvec(x, int8)? {
             return self.down.forward(&activated);
         }
         let (gate, up) = match &self.gate_up {
             GateUp::Separate { gate, up } => {
-                let [gate, up] = Linear::forward_many([gate, up], x)?;
+                let [gate, up] = Linear::forward_many([gate, up], x, int8)?;
                 (gate, up)
             }
             GateUp::Fused(fused) => {

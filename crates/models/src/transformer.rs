@@ -64,16 +64,13 @@ impl Block {
         batch: &ForwardBatch,
         kv: &(Tensor, Tensor),
     ) -> Result<(Tensor, Tensor)> {
-        let (normed, residual) = match delta {
-            Some(delta) => self.input_norm.forward_residual(delta, residual)?,
-            None => (self.input_norm.forward(residual)?, residual.clone()),
-        };
-        let mut h = self.attn.forward(&normed, batch, &kv.0, &kv.1)?;
+        let (normed, residual, int8) = self.input_norm.forward_for_int8_products(delta, residual)?;
+        let mut h = self.attn.forward(&normed, int8.as_ref(), batch, &kv.0, &kv.1)?;
         if let Some(norm) = &self.post_attn_norm {
             h = norm.forward(&h)?;
         }
-        let (normed, residual) = self.pre_mlp_norm.forward_residual(&h, &residual)?;
-        let mut m = self.mlp.forward(&normed)?;
+        let (normed, residual, int8) = self.pre_mlp_norm.forward_for_int8_products(Some(&h), &residual)?;
+        let mut m = self.mlp.forward(&normed, int8.as_ref())?;
         if let Some(norm) = &self.post_mlp_norm {
             m = norm.forward(&m)?;
         }

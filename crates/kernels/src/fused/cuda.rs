@@ -7,13 +7,14 @@
 //! pending on another stream (candle runs one stream per device).
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 
 use super::{GatedActivation, RopeKvInputs, CUDA_SOURCE, NORM_CHUNKS};
-use crate::nvrtc::{contiguous_view, CudaModule};
+use crate::quant_matvec::Int8Rows;
+use crate::nvrtc::{contiguous_view, cuda_operand, CudaModule, Operand};
 use crate::Result;
 
 pub static MODULE: CudaModule = CudaModule::new("hearth_fused", "fused.cu", CUDA_SOURCE);
@@ -84,16 +85,6 @@ impl CustomOp3 for AddRmsNorm {
     }
 }
 
-type Operand<'a> = (&'a CudaStorage, &'a Layout);
-
-/// A tensor's storage (from `storage_and_layout`) as a CUDA operand (`op` names the op in the
-/// error when the tensor is elsewhere).
-fn cuda_operand<'a>(storage: &'a Storage, layout: &'a Layout, op: &str) -> candle_core::Result<Operand<'a>> {
-    match storage {
-        Storage::Cuda(s) => Ok((s, layout)),
-        _ => candle_core::bail!("{op}: every operand must be on the GPU"),
-    }
-}
 
 fn launch_add_rms_norm<T: CudaDType + DeviceRepr>(
     eps: f32,
@@ -147,17 +138,34 @@ pub fn add_rms_norm(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) ->
 /// `add_rms_norm_f32_residual_*`: `x` (BF16/F16) plus the F32 `residual` -> `(normed in x's
 /// dtype, sum in F32)`, rows of a multiple of 8 elements, at most `NORM_CHUNKS * 8 * 1024`.
 pub fn add_rms_norm_f32_residual(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
-    let (normed, sum) = f32_stream_norm(Some(x), residual, weight, eps)?;
+    let (normed, sum, _) = f32_stream_norm(Some(x), residual, weight, eps, false)?;
     Ok((normed, sum.expect("the adding kernel returns the sum")))
 }
 
 /// `rms_norm_f32_stream_*`: the F32 `stream`'s norm in `weight`'s dtype (BF16/F16), same rows.
 pub fn rms_norm_f32_stream(stream: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
-    Ok(f32_stream_norm(None, stream, weight, eps)?.0)
+    Ok(f32_stream_norm(None, stream, weight, eps, false)?.0)
 }
 
-/// With `x`: the adding kernel, `(normed, Some(sum))`; without: the stream's norm alone.
-fn f32_stream_norm(x: Option<&Tensor>, residual: &Tensor, weight: &Tensor, eps: f32) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+/// [`add_rms_norm_f32_residual`] (`x` given) or [`rms_norm_f32_stream`], with the normed rows
+/// also quantized for the int8 matvec kernels by the same launch.
+pub fn f32_stream_norm_int8(x: Option<&Tensor>, residual: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Option<Tensor>, Int8Rows)> {
+    let (normed, sum, int8) = f32_stream_norm(x, residual, weight, eps, true)?;
+    let (values, scales) = int8.expect("asked for int8 rows");
+    let int8 = Int8Rows { values, scales, of: normed.id() };
+    Ok((normed, sum, int8))
+}
+
+/// The normed rows, the sum (with `x`: the adding kernel), and with `int8` the normed rows'
+/// int8 values and scales.
+#[allow(clippy::type_complexity)]
+fn f32_stream_norm(
+    x: Option<&Tensor>,
+    residual: &Tensor,
+    weight: &Tensor,
+    eps: f32,
+    int8: bool,
+) -> candle_core::Result<(Tensor, Option<Tensor>, Option<(Tensor, Tensor)>)> {
     let (residual, weight) = (residual.contiguous()?, weight.contiguous()?);
     let x = x.map(|x| x.contiguous()).transpose()?;
     let (rows, hidden) = residual.dims2()?;
@@ -176,9 +184,14 @@ fn f32_stream_norm(x: Option<&Tensor>, residual: &Tensor, weight: &Tensor, eps: 
     let guards = [&residual, &weight].map(|t| t.storage_and_layout());
     let cuda = |i: usize| cuda_operand(&guards[i].0, guards[i].1, "add_rms_norm_f32_residual");
     let x_operand = x_guard.as_ref().map(|(s, l)| cuda_operand(s, l, "add_rms_norm_f32_residual")).transpose()?;
-    let (normed, sum) = with_dtype!(weight.dtype(), T, launch_f32_stream_norm::<T>(eps, x_operand, cuda(0)?, cuda(1)?, rows, hidden)?);
-    let wrap = |storage, dtype_shape: (usize, usize)| Tensor::from_storage(Storage::Cuda(storage), dtype_shape, BackpropOp::none(), false);
-    Ok((wrap(normed, (rows, hidden)), sum.map(|sum| wrap(sum, (rows, hidden)))))
+    if int8 && !hidden.is_multiple_of(256) {
+        candle_core::bail!("add_rms_norm_f32_residual: int8 rows need a width of whole 256-value blocks, got {hidden}");
+    }
+    let (normed, sum, int8) =
+        with_dtype!(weight.dtype(), T, launch_f32_stream_norm::<T>(eps, x_operand, cuda(0)?, cuda(1)?, rows, hidden, int8)?);
+    let wrap = |storage, shape: &[usize]| Tensor::from_storage(Storage::Cuda(storage), shape, BackpropOp::none(), false);
+    let int8 = int8.map(|(values, scales)| (wrap(values, &[rows, hidden]), wrap(scales, &[rows, hidden / 16])));
+    Ok((wrap(normed, &[rows, hidden]), sum.map(|sum| wrap(sum, &[rows, hidden])), int8))
 }
 
 fn launch_f32_stream_norm<T: CudaDType + DeviceRepr>(
@@ -188,7 +201,8 @@ fn launch_f32_stream_norm<T: CudaDType + DeviceRepr>(
     w: Operand,
     rows: usize,
     hidden: usize,
-) -> candle_core::Result<(CudaStorage, Option<CudaStorage>)> {
+    int8: bool,
+) -> candle_core::Result<(CudaStorage, Option<CudaStorage>, Option<(CudaStorage, CudaStorage)>)> {
     let chunks = hidden / 8;
     if w.0.dtype() == DType::F32 || !hidden.is_multiple_of(8) || chunks > NORM_CHUNKS * 1024 || rows == 0 {
         candle_core::bail!("add_rms_norm_f32_residual: {rows} rows of {hidden} {:?}", w.0.dtype());
@@ -204,6 +218,10 @@ fn launch_f32_stream_norm<T: CudaDType + DeviceRepr>(
     let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads_for(chunks), 1, 1), shared_mem_bytes: 0 };
     let hidden_u32 = hidden as u32;
     let dtype = suffix(w.0.dtype())?;
+    // SAFETY: with int8, the kernel writes every value (rows x hidden) and scale pair (rows x
+    // hidden / 32).
+    let int8 = if int8 { Some(unsafe { (dev.alloc::<u8>(rows * hidden)?, dev.alloc::<f32>(rows * hidden / 16)?) }) } else { None };
+    let null = 0u64;
     let sum = match x {
         Some(x) => {
             let xv = contiguous_view::<T>(x.0, x.1, "add_rms_norm_f32_residual: x")?;
@@ -211,9 +229,10 @@ fn launch_f32_stream_norm<T: CudaDType + DeviceRepr>(
             let func = MODULE.function(r.0, &format!("add_rms_norm_f32_residual_{dtype}"))?;
             let mut b = func.builder();
             b.arg(&normed).arg(&sum).arg(&xv).arg(&rv).arg(&wv).arg(&hidden_u32).arg(&eps);
+            push_int8(&mut b, &int8, &null);
             // SAFETY: argument order and types match `add_rms_norm_f32_residual_*`; every view
             // covers rows x hidden (weight: hidden) from a 16-byte boundary; the threads cover
-            // every chunk.
+            // every chunk; the int8 outputs (or nulls) as allocated above.
             unsafe { b.launch(cfg) }.w()?;
             Some(CudaStorage::wrap_cuda_slice(sum, dev.clone()))
         }
@@ -221,12 +240,22 @@ fn launch_f32_stream_norm<T: CudaDType + DeviceRepr>(
             let func = MODULE.function(r.0, &format!("rms_norm_f32_stream_{dtype}"))?;
             let mut b = func.builder();
             b.arg(&normed).arg(&rv).arg(&wv).arg(&hidden_u32).arg(&eps);
+            push_int8(&mut b, &int8, &null);
             // SAFETY: as above, for `rms_norm_f32_stream_*` (no x, no sum).
             unsafe { b.launch(cfg) }.w()?;
             None
         }
     };
-    Ok((CudaStorage::wrap_cuda_slice(normed, dev), sum))
+    let int8 = int8.map(|(values, scales)| (CudaStorage::wrap_cuda_slice(values, dev.clone()), CudaStorage::wrap_cuda_slice(scales, dev.clone())));
+    Ok((CudaStorage::wrap_cuda_slice(normed, dev), sum, int8))
+}
+
+/// The norm kernels' last two arguments: the int8 outputs, or two null pointers.
+fn push_int8<'a>(b: &mut LaunchArgs<'a>, int8: &'a Option<(CudaSlice<u8>, CudaSlice<f32>)>, null: &'a u64) {
+    match int8 {
+        Some((values, scales)) => b.arg(values).arg(scales),
+        None => b.arg(null).arg(null),
+    };
 }
 
 // ---- rope_write_kv -----------------------------------------------------------------------

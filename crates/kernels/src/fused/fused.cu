@@ -63,10 +63,15 @@ __device__ __forceinline__ void load_weight_chunks8(const T* __restrict__ weight
 }
 
 // The second pass of the chunked norms: the thread's sums (chunks threadIdx.x + c * blockDim.x of
-// the row) times inv_rms and the weight chunks, rounded to T into out_row.
+// the row) times inv_rms and the weight chunks, rounded to T into out_row. With xq_row, also the
+// rounded values as int8 (quantize_group8: the 4 lanes of a 32-value group are adjacent) into
+// xq_row / ds_row; chunks must then be a multiple of 32, so a warp's chunks are all in the row
+// or all past it (the shuffles need whole warps).
 template <typename T>
 __device__ __forceinline__ void normalize_chunks8(const float v[NORM_CHUNKS][8], float inv_rms, const uint4 w[NORM_CHUNKS],
-                                                  T* __restrict__ out_row, unsigned int chunks) {
+                                                  T* __restrict__ out_row, unsigned int chunks,
+                                                  unsigned char* __restrict__ xq_row = nullptr,
+                                                  float2* __restrict__ ds_row = nullptr) {
 #pragma unroll
     for (int c = 0; c < NORM_CHUNKS; ++c) {
         const unsigned int chunk = threadIdx.x + c * blockDim.x;
@@ -75,6 +80,13 @@ __device__ __forceinline__ void normalize_chunks8(const float v[NORM_CHUNKS][8],
             unpack8<T>(w[c], wv);
             for (int i = 0; i < 8; ++i) o[i] = v[c][i] * inv_rms * wv[i];
             *(uint4*)(out_row + 8 * chunk) = pack8<T>(o);
+            if (xq_row != nullptr) {
+                float rounded[8];
+                for (int i = 0; i < 8; ++i) rounded[i] = to_f32(round_to<T>(o[i]));
+                float2 group;
+                *(uint2*)(xq_row + 8 * chunk) = quantize_group8(rounded, &group);
+                if (chunk % 4 == 0) ds_row[chunk / 4] = group;
+            }
         }
     }
 }
@@ -112,10 +124,14 @@ __device__ void add_rms_norm8(T* __restrict__ out, T* __restrict__ sum_out, cons
 // out = sum / rms(sum) * weight rounded to T. The stream between blocks keeps F32 precision on
 // the GPU as on the CPU (x is a block's BF16/F16 output).
 // ADD = false: the norm of the F32 stream alone (x and sum_out unused), the first block's norm.
+// xq_out / ds_out (or null): out as the int8 matvec kernels quantize it (quantize_group8), for
+// the generation step's products that read it; hidden a multiple of 256, so a warp's chunks are
+// all in the row or all past it.
 template <typename T, bool ADD>
 __device__ void add_rms_norm_f32_residual(T* __restrict__ out, float* __restrict__ sum_out, const T* __restrict__ x,
                                           const float* __restrict__ residual, const T* __restrict__ weight,
-                                          unsigned int hidden, float eps) {
+                                          unsigned int hidden, float eps, unsigned char* __restrict__ xq_out,
+                                          float2* __restrict__ ds_out) {
     __shared__ float scratch[MAX_WARPS];
     const unsigned long long base = (unsigned long long)blockIdx.x * hidden;
     const unsigned int chunks = hidden / 8;
@@ -144,7 +160,7 @@ __device__ void add_rms_norm_f32_residual(T* __restrict__ out, float* __restrict
         }
     }
     const float inv_rms = rsqrtf(block_sum(sq, scratch) / (float)hidden + eps);
-    normalize_chunks8<T>(v, inv_rms, w, out + base, chunks);
+    normalize_chunks8<T>(v, inv_rms, w, out + base, chunks, xq_out ? xq_out + base : nullptr, xq_out ? ds_out + base / 32 : nullptr);
 }
 
 template <typename T>
@@ -218,14 +234,16 @@ INSTANTIATE(f16, f16)
                                                       const T* weight, unsigned int hidden, float eps) { \
         add_rms_norm8<T>(out, sum_out, x, residual, weight, hidden, eps);                             \
     }                                                                                                 \
-    extern "C" __global__ void add_rms_norm_f32_residual_##SUFFIX(T* out, float* sum_out, const T* x,    \
+    extern "C" __global__ void __launch_bounds__(1024) add_rms_norm_f32_residual_##SUFFIX(T* out, float* sum_out, const T* x,    \
                                                                   const float* residual, const T* weight, \
-                                                                  unsigned int hidden, float eps) {       \
-        add_rms_norm_f32_residual<T, true>(out, sum_out, x, residual, weight, hidden, eps);           \
+                                                                  unsigned int hidden, float eps,         \
+                                                                  unsigned char* xq_out, float2* ds_out) { \
+        add_rms_norm_f32_residual<T, true>(out, sum_out, x, residual, weight, hidden, eps, xq_out, ds_out); \
     }                                                                                                 \
-    extern "C" __global__ void rms_norm_f32_stream_##SUFFIX(T* out, const float* stream, const T* weight, \
-                                                            unsigned int hidden, float eps) {          \
-        add_rms_norm_f32_residual<T, false>(out, nullptr, nullptr, stream, weight, hidden, eps);      \
+    extern "C" __global__ void __launch_bounds__(1024) rms_norm_f32_stream_##SUFFIX(T* out, const float* stream, const T* weight, \
+                                                            unsigned int hidden, float eps,            \
+                                                            unsigned char* xq_out, float2* ds_out) {   \
+        add_rms_norm_f32_residual<T, false>(out, nullptr, nullptr, stream, weight, hidden, eps, xq_out, ds_out); \
     }
 
 INSTANTIATE8(bf16, bf16)

@@ -22,7 +22,8 @@ use candle_core::{DType, Tensor, D};
 use crate::{write_kv, Result};
 
 /// CUDA C source of the kernels.
-pub const CUDA_SOURCE: &str = concat!(include_str!("../dtypes.cuh"), include_str!("../activation.cuh"), include_str!("fused.cu"));
+pub const CUDA_SOURCE: &str =
+    concat!(include_str!("../dtypes.cuh"), include_str!("../activation.cuh"), include_str!("../int8_rows.cuh"), include_str!("fused.cu"));
 
 /// 8-element chunks one thread of the vectorized norms keeps in registers (`NORM_CHUNKS` in
 /// fused.cu): rows of up to `NORM_CHUNKS * 8 * 1024` elements.
@@ -71,6 +72,40 @@ pub fn rms_norm_f32_stream(stream: &Tensor, weight: &Tensor, eps: f32) -> Result
         return cuda::rms_norm_f32_stream(stream, weight, eps);
     }
     rms_norm_f32_stream_reference(stream, weight, eps)
+}
+
+/// [`add_rms_norm_f32_residual`] (with `x`: `(normed, Some(sum))`) or [`rms_norm_f32_stream`]
+/// (without: `(normed, None)`) whose kernel also quantizes the normed rows for a generation
+/// step's int8 products ([`crate::quant_matvec::Int8Rows`], bit for bit what those kernels
+/// would make of `normed`). GPU only, where [`int8_rows_supported`] holds.
+pub fn f32_stream_norm_int8(
+    x: Option<&Tensor>,
+    stream: &Tensor,
+    weight: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Option<Tensor>, crate::quant_matvec::Int8Rows)> {
+    #[cfg(feature = "cuda")]
+    if int8_rows_supported(stream, weight) && x.is_none_or(|x| x.device().is_cuda() && x.dtype() == weight.dtype() && x.dims() == stream.dims()) {
+        return cuda::f32_stream_norm_int8(x, stream, weight, eps);
+    }
+    let _ = (x, weight, eps);
+    Err(crate::KernelError::InvalidMetadata(format!(
+        "int8 norm rows need an F32 stream of rows of whole 256-value blocks on a GPU, got {:?} {:?} on {:?}",
+        stream.dims(),
+        stream.dtype(),
+        stream.device()
+    )))
+}
+
+/// Whether [`f32_stream_norm_int8`] takes this F32 stream and weight: the GPU norm kernel's
+/// conditions, rows the int8 products take, widths of whole 256-value blocks.
+pub fn int8_rows_supported(stream: &Tensor, weight: &Tensor) -> bool {
+    #[cfg(feature = "cuda")]
+    if let Ok((rows, hidden)) = stream.dims2() {
+        return stream.device().is_cuda() && f32_stream_fast_path(stream, weight) && crate::quant_matvec::int8_rows_useful(rows, hidden);
+    }
+    let _ = (stream, weight);
+    false
 }
 
 pub fn rms_norm_f32_stream_reference(stream: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {

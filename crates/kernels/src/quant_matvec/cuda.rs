@@ -9,9 +9,9 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor};
 
-use super::{int8_shared_bytes, uses_int8_activations, CUDA_SOURCE, MAX_GROUP};
+use super::{int8_shared_bytes, uses_int8_activations, Int8Rows, CUDA_SOURCE, MAX_GROUP};
 use crate::fused::GatedActivation;
-use crate::nvrtc::{contiguous_view, CudaModule};
+use crate::nvrtc::{contiguous_view, cuda_operand, CudaModule};
 use crate::Result;
 
 pub static MODULE: CudaModule = CudaModule::new("hearth_quant_matvec", "matvec.cu", CUDA_SOURCE);
@@ -128,6 +128,8 @@ unsafe impl DeviceRepr for GroupMatrices {}
 struct QuantMatvecGroup<'a> {
     ws: &'a [&'a QTensor],
     gated: Option<GatedActivation>,
+    /// `x` already quantized (the blocks copy it), or `None` (every block quantizes `x`).
+    int8: Option<&'a Int8Rows>,
 }
 
 impl CustomOp1 for QuantMatvecGroup<'_> {
@@ -198,21 +200,41 @@ impl QuantMatvecGroup<'_> {
         let func = MODULE.function(x, &format!("matvec_q8x_{mode}_{suffix}_{rows}"))?;
         func.allow_shared_bytes(cfg.shared_mem_bytes as usize)?;
         let k_u32 = k as u32;
+        let int8_guards = self.int8.map(|rows| [&rows.values, &rows.scales].map(|t| t.storage_and_layout()));
+        let int8_views = match &int8_guards {
+            Some([(values, values_l), (scales, scales_l)]) => {
+                let (values, scales) = (cuda_operand(values, values_l, "int8 rows")?, cuda_operand(scales, scales_l, "int8 rows")?);
+                let values = contiguous_view::<u8>(values.0, values.1, "quant_matvec_group: int8 values")?;
+                let scales = contiguous_view::<f32>(scales.0, scales.1, "quant_matvec_group: int8 scales")?;
+                if values.len() != rows * k || scales.len() != rows * k / 16 {
+                    candle_core::bail!("quant_matvec_group: int8 rows of {} values, {} scales for {rows}x{k}", values.len(), scales.len());
+                }
+                Some((values, scales))
+            }
+            None => None,
+        };
+        let null = 0u64;
         let mut b = func.builder();
-        b.arg(&group).arg(&xv).arg(&k_u32);
+        b.arg(&group).arg(&xv);
+        match &int8_views {
+            Some((values, scales)) => b.arg(values).arg(scales),
+            None => b.arg(&null).arg(&null),
+        };
+        b.arg(&k_u32);
         // SAFETY: arguments match `matvec_q8x_group_*` / `matvec_q8x_gated_*`; each matrix
         // pointer covers its n rows of k / 256 blocks, each output pointer its rows x n elements
-        // inside `out` (gated: one output); xv is rows x k.
+        // inside `out` (gated: one output); xv is rows x k; the int8 rows (or nulls) hold rows x k
+        // values and rows x k / 32 scale pairs.
         unsafe { b.launch(cfg) }.w()?;
         drop(guard);
         Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(rows * total_n)))
     }
 }
 
-pub fn quant_matvec_group(ws: &[&QTensor], x: &Tensor) -> Result<Vec<Tensor>> {
+pub fn quant_matvec_group(ws: &[&QTensor], x: &Tensor, int8: Option<&Int8Rows>) -> Result<Vec<Tensor>> {
     let x = x.contiguous()?;
     let rows = x.dim(0)?;
-    let flat = x.apply_op1_no_bwd(&QuantMatvecGroup { ws, gated: None })?;
+    let flat = x.apply_op1_no_bwd(&QuantMatvecGroup { ws, gated: None, int8 })?;
     let mut offset = 0;
     ws.iter()
         .map(|w| {
@@ -224,10 +246,10 @@ pub fn quant_matvec_group(ws: &[&QTensor], x: &Tensor) -> Result<Vec<Tensor>> {
         .collect()
 }
 
-pub fn quant_matvec_gated(gate: &QTensor, up: &QTensor, x: &Tensor, act: GatedActivation) -> Result<Tensor> {
+pub fn quant_matvec_gated(gate: &QTensor, up: &QTensor, x: &Tensor, act: GatedActivation, int8: Option<&Int8Rows>) -> Result<Tensor> {
     let x = x.contiguous()?;
     let (rows, n) = (x.dim(0)?, gate.shape().dims()[0]);
-    Ok(x.apply_op1_no_bwd(&QuantMatvecGroup { ws: &[gate, up], gated: Some(act) })?.reshape((rows, n))?)
+    Ok(x.apply_op1_no_bwd(&QuantMatvecGroup { ws: &[gate, up], gated: Some(act), int8 })?.reshape((rows, n))?)
 }
 
 /// Threads per block of the dequantization kernels (eight per super-block).

@@ -131,7 +131,7 @@ fn a_group_equals_its_matrices_one_by_one() {
         for rows in [1, 3, 8] {
             let x = Tensor::randn(0f32, 1.0, (rows, k), &device).unwrap().to_dtype(DType::BF16).unwrap();
             assert!(group_supported(&group, &x));
-            let outputs = quant_matvec_group(&group, &x).unwrap();
+            let outputs = quant_matvec_group(&group, &x, None).unwrap();
             assert_eq!(outputs.len(), group.len());
             for (w, out) in group.iter().zip(&outputs) {
                 let single = quant_matvec(w, &x).unwrap();
@@ -161,8 +161,8 @@ fn the_gated_launch_equals_products_then_gated_act() {
                 for rows in [1, 2, 5, 8] {
                     let x = Tensor::randn(0f32, 1.0, (rows, k), &device).unwrap().to_dtype(dtype).unwrap();
                     assert!(gated_supported(g, u, &x));
-                    let fused = quant_matvec_gated(g, u, &x, act).unwrap();
-                    let [gx, ux]: [Tensor; 2] = quant_matvec_group(&[g, u], &x).unwrap().try_into().unwrap();
+                    let fused = quant_matvec_gated(g, u, &x, act, None).unwrap();
+                    let [gx, ux]: [Tensor; 2] = quant_matvec_group(&[g, u], &x, None).unwrap().try_into().unwrap();
                     let separate = gated_act(&gx, &ux, act).unwrap();
                     assert_eq!(fused.dims(), [rows, 203]);
                     let diff = relative_diff(&fused, &separate);
@@ -186,4 +186,54 @@ fn unsupported_inputs_are_declined() {
     assert!(!supported(&q, &x(1, DType::F32)), "F32 activations");
     let q5 = QTensor::quantize_onto(&w, GgmlDType::Q5K, &device).unwrap();
     assert!(!supported(&q5, &x(1, DType::BF16)), "Q5_K has no kernel");
+}
+
+/// The norm that also quantizes its rows (`fused::f32_stream_norm_int8`) returns the same normed
+/// rows and sum as the plain norm kernels, and the grouped and gated products fed its int8 rows
+/// equal those that quantize the normed rows themselves, bit for bit. Int8 rows of other
+/// activations are refused.
+#[test]
+fn int8_rows_from_the_norm_give_the_same_products_as_quantizing_in_the_blocks() {
+    use crate::fused::{self, GatedActivation};
+    let Some(device) = gpu() else { return };
+    let hidden = 2048;
+    let matrix = |n: usize, format| {
+        let w = Tensor::randn(0f32, 0.05, (n, hidden), &Device::Cpu).unwrap();
+        QTensor::quantize_onto(&w, format, &device).unwrap()
+    };
+    let (q4, q6) = (matrix(203, GgmlDType::Q4K), matrix(203, GgmlDType::Q6K));
+    for dtype in [DType::BF16, DType::F16] {
+        let weight = (Tensor::randn(0f32, 0.2, hidden, &device).unwrap() + 1.0).unwrap().to_dtype(dtype).unwrap();
+        for rows in [1, 2, 3, 8] {
+            let stream = Tensor::randn(0f32, 2.0, (rows, hidden), &device).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (rows, hidden), &device).unwrap().to_dtype(dtype).unwrap();
+            assert!(fused::int8_rows_supported(&stream, &weight));
+            let (normed, sum, int8) = fused::f32_stream_norm_int8(Some(&x), &stream, &weight, 1e-5).unwrap();
+            let (plain, plain_sum) = fused::add_rms_norm_f32_residual(&x, &stream, &weight, 1e-5).unwrap();
+            assert_eq!(relative_diff(&normed, &plain), 0.0, "{dtype:?} rows {rows}: normed rows");
+            assert_eq!(relative_diff(&sum.unwrap(), &plain_sum), 0.0, "{dtype:?} rows {rows}: sums");
+            let (first, none, first_int8) = fused::f32_stream_norm_int8(None, &stream, &weight, 1e-5).unwrap();
+            assert!(none.is_none());
+            let plain_first = fused::rms_norm_f32_stream(&stream, &weight, 1e-5).unwrap();
+            assert_eq!(relative_diff(&first, &plain_first), 0.0, "{dtype:?} rows {rows}: first norm");
+
+            for (x, int8) in [(&normed, &int8), (&first, &first_int8)] {
+                let with = quant_matvec_group(&[&q4, &q6], x, Some(int8)).unwrap();
+                let without = quant_matvec_group(&[&q4, &q6], x, None).unwrap();
+                for (a, b) in with.iter().zip(&without) {
+                    assert_eq!(relative_diff(a, b), 0.0, "{dtype:?} rows {rows}: grouped products");
+                }
+                let act = GatedActivation::Silu;
+                let with = quant_matvec_gated(&q4, &q6, x, act, Some(int8)).unwrap();
+                let without = quant_matvec_gated(&q4, &q6, x, act, None).unwrap();
+                assert_eq!(relative_diff(&with, &without), 0.0, "{dtype:?} rows {rows}: gated products");
+            }
+            let err = quant_matvec_group(&[&q4], &plain, Some(&int8)).unwrap_err().to_string();
+            assert!(err.contains("int8 activation rows of tensor"), "{err}");
+        }
+    }
+    let odd = Tensor::zeros((1, 2056), DType::F32, &device).unwrap();
+    let odd_weight = Tensor::ones(2056, DType::BF16, &device).unwrap();
+    assert!(!fused::int8_rows_supported(&odd, &odd_weight), "a width of partial 256-value blocks");
+    assert!(fused::f32_stream_norm_int8(None, &odd, &odd_weight, 1e-5).is_err());
 }

@@ -1,13 +1,13 @@
 // Q4_K and Q6_K x few activation rows with int8 activations (appended to matvec.cu, whose helpers
 // it uses). The float kernels above spend ~5 instructions per weight (unpack, convert, FMA, sums)
 // and are bound by instruction issue at ~2e12 weights/s, about 1 TB/s of Q4_K on the H100. Here
-// the block first quantizes its activation rows into shared memory, as llama.cpp's MMVQ does in a
-// kernel of its own, and then multiplies with dp4a (four int8 products per instruction).
+// the block first quantizes its activation rows into shared memory (or copies them there, when
+// the norm before already quantized them), and then multiplies with dp4a (four int8 products per
+// instruction).
 //
-// Activations: per 32 consecutive values of a row, q = round(x / d) with d = max|x| / 127, and
-// s = d * sum(q) (what a Q4_K min term needs). Products are exact integer dot products of the
-// weight quants and q, scaled in F32, so the result differs from the F32 product only by the
-// rounding of x to int8 (relative error ~1/254 per value).
+// Activations: int8 per 32 consecutive values (int8_rows.cuh). Products are exact integer dot
+// products of the weight quants and q, scaled in F32, so the result differs from the F32 product
+// only by the rounding of x to int8 (relative error ~1/254 per value).
 //
 // Shared memory: float2 (d, s) per 32-value group of every row, then the int8 rows (16-byte
 // chunks swizzled, `xq_offset`).
@@ -46,29 +46,11 @@ __device__ void quantize_rows(const T* __restrict__ x, unsigned int ncols, float
         const bool valid = p < pieces;
         float v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         if (valid) load8(x + 8ull * p, v);  // rows are contiguous: piece p starts at value 8p
-        float amax = 0.0f;
-        for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(v[i]));
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-        const float d = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        int q[8], sum = 0;
-        for (int i = 0; i < 8; ++i) {
-            q[i] = __float2int_rn(v[i] * inv);
-            sum += q[i];
-        }
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        float2 group;
+        const uint2 packed = quantize_group8(v, &group);
         if (valid) {
-            uint2 packed;
-            packed.x = (q[0] & 0xFF) | ((q[1] & 0xFF) << 8) | ((q[2] & 0xFF) << 16) | ((unsigned int)(q[3] & 0xFF) << 24);
-            packed.y = (q[4] & 0xFF) | ((q[5] & 0xFF) << 8) | ((q[6] & 0xFF) << 16) | ((unsigned int)(q[7] & 0xFF) << 24);
             *(uint2*)(xq + xq_offset(0, 0, 8u * p)) = packed;
-            if (p % 4 == 0) {
-                float2 group;
-                group.x = d;
-                group.y = d * (float)sum;
-                ds[p / 4] = group;
-            }
+            if (p % 4 == 0) ds[p / 4] = group;
         }
     }
     __syncthreads();
@@ -185,6 +167,23 @@ struct Q8xMatrices {
 
 __device__ __forceinline__ unsigned int blocks_for(unsigned int nrows) { return (nrows + Q8X_WARPS - 1) / Q8X_WARPS; }
 
+// The same shared rows from activations the producer already quantized exactly as quantize_rows
+// does (quantize_group8, int8_rows.cuh; the norm before a generation step's Q/K/V and gate/up):
+// xq_in [NCOLS][ncols] int8 and ds_in [NCOLS][ncols / 32] (scale, scaled sum). A copy, no
+// arithmetic, where every block of a launch redid the quantization (8B Q4_K_M: batch 2 +5 %,
+// batch 1 +1 %; PERF.md).
+template <int NCOLS>
+__device__ void load_quantized_rows(const unsigned char* __restrict__ xq_in, const float2* __restrict__ ds_in,
+                                    unsigned int ncols, float2* ds, unsigned char* xq) {
+    const unsigned int tid = threadIdx.y * 32 + threadIdx.x, nthreads = 32 * blockDim.y;
+    const unsigned int pieces = NCOLS * ncols / 8;
+    for (unsigned int p = tid; p < pieces; p += nthreads) {
+        *(uint2*)(xq + xq_offset(0, 0, 8u * p)) = *(const uint2*)(xq_in + 8ull * p);
+        if (p % 4 == 0) ds[p / 4] = ds_in[p / 4];
+    }
+    __syncthreads();
+}
+
 template <int NCOLS>
 __device__ __forceinline__ void q8x_matrix_row(const Q8xMatrix& mat, unsigned int row, unsigned int ncols,
                                                const float2* ds, const unsigned char* xq, float* acc) {
@@ -211,11 +210,14 @@ __device__ void gated_rows(const Q8xMatrix& gate, const Q8xMatrix& up, unsigned 
 }
 
 // GATED: the gated mode's own entry point, so the plain group kernel keeps its registers.
+// xq_in / ds_in: x already quantized (load_quantized_rows), or null.
 template <typename T, int NCOLS, bool GATED>
-__device__ void matvec_q8x_group(const Q8xMatrices& ms, const T* __restrict__ x, unsigned int ncols) {
+__device__ void matvec_q8x_group(const Q8xMatrices& ms, const T* __restrict__ x, const unsigned char* __restrict__ xq_in,
+                                 const float2* __restrict__ ds_in, unsigned int ncols) {
     extern __shared__ float2 ds[];
     unsigned char* xq = (unsigned char*)(ds + NCOLS * (ncols / 32));
-    quantize_rows<T, NCOLS>(x, ncols, ds, xq);
+    if (xq_in != nullptr) load_quantized_rows<NCOLS>(xq_in, ds_in, ncols, ds, xq);
+    else quantize_rows<T, NCOLS>(x, ncols, ds, xq);
     if (GATED) {
         gated_rows<T, NCOLS>(ms.m[0], ms.m[1], ms.gated - 1, ncols, ds, xq);
         return;
@@ -251,7 +253,7 @@ __device__ void matvec_q8x(const unsigned char* __restrict__ w, const T* __restr
     one.m[0].nrows = nrows;
     one.m[0].format = FORMAT;
     one.count = 1;
-    matvec_q8x_group<T, NCOLS, false>(one, x, ncols);
+    matvec_q8x_group<T, NCOLS, false>(one, x, nullptr, nullptr, ncols);
 }
 
 #define Q8X_KERNEL(FMT, FORMAT, SUFFIX, T, N)                                                         \
@@ -261,12 +263,14 @@ __device__ void matvec_q8x(const unsigned char* __restrict__ w, const T* __restr
     }
 #define Q8X_GROUP_KERNEL(SUFFIX, T, N)                                                                \
     extern "C" __global__ void matvec_q8x_group_##SUFFIX##_##N(Q8xMatrices matrices, const T* x,      \
-                                                                 unsigned int ncols) {                \
-        matvec_q8x_group<T, N, false>(matrices, x, ncols);                                            \
+                                                                 const unsigned char* xq_in,          \
+                                                                 const float2* ds_in, unsigned int ncols) { \
+        matvec_q8x_group<T, N, false>(matrices, x, xq_in, ds_in, ncols);                              \
     }                                                                                                 \
     extern "C" __global__ void matvec_q8x_gated_##SUFFIX##_##N(Q8xMatrices matrices, const T* x,      \
-                                                                 unsigned int ncols) {                \
-        matvec_q8x_group<T, N, true>(matrices, x, ncols);                                             \
+                                                                 const unsigned char* xq_in,          \
+                                                                 const float2* ds_in, unsigned int ncols) { \
+        matvec_q8x_group<T, N, true>(matrices, x, xq_in, ds_in, ncols);                               \
     }
 #define Q8X_ALL(SUFFIX, T, N) \
     Q8X_KERNEL(q4k, FORMAT_Q4K, SUFFIX, T, N) Q8X_KERNEL(q6k, FORMAT_Q6K, SUFFIX, T, N) Q8X_GROUP_KERNEL(SUFFIX, T, N)

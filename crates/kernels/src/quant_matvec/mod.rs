@@ -25,6 +25,7 @@ pub const CUDA_SOURCE: &str = concat!(
     include_str!("../dtypes.cuh"),
     include_str!("../activation.cuh"),
     include_str!("../ggml_blocks.cuh"),
+    include_str!("../int8_rows.cuh"),
     include_str!("matvec.cu"),
     include_str!("matvec_int8.cu"),
     include_str!("dequant.cu")
@@ -63,6 +64,35 @@ fn int8_activations_enabled() -> bool {
     *ENABLED.get_or_init(|| std::env::var("HEARTH_INT8_ACTIVATIONS").map_or(true, |v| v.trim() != "0"))
 }
 
+/// Activation rows already quantized as the int8 kernels quantize them (per 32 values a scale
+/// and a scaled sum, then the int8 values), by the kernel that produced the rows: the norm
+/// before a generation step's Q/K/V and gate/up products (`fused::add_rms_norm_f32_residual_int8`).
+/// [`quant_matvec_group`] and [`quant_matvec_gated`] then copy them instead of having every block
+/// quantize `x` again. Bound to the rows they were made from: a product given other rows refuses.
+#[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub struct Int8Rows {
+    /// `[rows, k]` U8: the int8 values.
+    pub(crate) values: Tensor,
+    /// `[rows, k / 32 * 2]` F32: (scale, scale * sum of the group's values) per 32 values.
+    pub(crate) scales: Tensor,
+    /// The rows these are.
+    pub(crate) of: candle_core::TensorId,
+}
+
+impl Int8Rows {
+    /// Whether these are `x`'s rows.
+    pub fn are_rows_of(&self, x: &Tensor) -> bool {
+        self.of == x.id()
+    }
+}
+
+/// Whether a producer should make [`Int8Rows`] of `rows` x `k` activations for the int8 kernels
+/// (widths of whole Q4_K/Q6_K super-blocks, rows the int8 kernels take).
+pub fn int8_rows_useful(rows: usize, k: usize) -> bool {
+    (1..=MAX_ROWS).contains(&rows) && k % 256 == 0 && uses_int8_activations(GgmlDType::Q6K, rows, k)
+}
+
 /// Whether [`quant_matvec_group`] handles the matrices `ws` (1..=[`MAX_GROUP`], Q4_K/Q6_K, one
 /// width) times `x`.
 pub fn group_supported(ws: &[&QTensor], x: &Tensor) -> bool {
@@ -71,11 +101,13 @@ pub fn group_supported(ws: &[&QTensor], x: &Tensor) -> bool {
 }
 
 /// `[x W₀ᵀ, x W₁ᵀ, …]` in one launch that quantizes `x` once (the Q, K, V or gate and up
-/// projections of a generation step). Call only where [`group_supported`] holds.
-pub fn quant_matvec_group(ws: &[&QTensor], x: &Tensor) -> Result<Vec<Tensor>> {
+/// projections of a generation step), or copies `int8` (`x` already quantized; the same results).
+/// Call only where [`group_supported`] holds.
+pub fn quant_matvec_group(ws: &[&QTensor], x: &Tensor, int8: Option<&Int8Rows>) -> Result<Vec<Tensor>> {
+    check_int8_rows(x, int8)?;
     #[cfg(feature = "cuda")]
     {
-        cuda::quant_matvec_group(ws, x)
+        cuda::quant_matvec_group(ws, x, int8)
     }
     #[cfg(not(feature = "cuda"))]
     {
@@ -91,16 +123,35 @@ pub fn gated_supported(gate: &QTensor, up: &QTensor, x: &Tensor) -> bool {
 
 /// `act(x gateᵀ) * (x upᵀ)`, `[rows, n]`, in one launch: a gated MLP's gate/up projections and
 /// its activation (each product rounded to `x`'s dtype first, as [`crate::fused::gated_act`]
-/// receives them). Call only where [`gated_supported`] holds.
-pub fn quant_matvec_gated(gate: &QTensor, up: &QTensor, x: &Tensor, act: crate::fused::GatedActivation) -> Result<Tensor> {
+/// receives them); `int8` as for [`quant_matvec_group`]. Call only where [`gated_supported`] holds.
+pub fn quant_matvec_gated(
+    gate: &QTensor,
+    up: &QTensor,
+    x: &Tensor,
+    act: crate::fused::GatedActivation,
+    int8: Option<&Int8Rows>,
+) -> Result<Tensor> {
+    check_int8_rows(x, int8)?;
     #[cfg(feature = "cuda")]
     {
-        cuda::quant_matvec_gated(gate, up, x, act)
+        cuda::quant_matvec_gated(gate, up, x, act, int8)
     }
     #[cfg(not(feature = "cuda"))]
     {
         let _ = (gate, up, x, act);
         Err(crate::KernelError::InvalidMetadata("quant_matvec_gated needs the cuda feature".into()))
+    }
+}
+
+/// `int8` must be `x`'s own rows: quantized other rows would silently give another product.
+fn check_int8_rows(x: &Tensor, int8: Option<&Int8Rows>) -> Result<()> {
+    match int8 {
+        Some(int8) if !int8.are_rows_of(x) => Err(crate::KernelError::InvalidMetadata(format!(
+            "int8 activation rows of tensor {:?} given with the activations of tensor {:?}",
+            int8.of,
+            x.id()
+        ))),
+        _ => Ok(()),
     }
 }
 

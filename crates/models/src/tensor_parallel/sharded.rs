@@ -225,7 +225,7 @@ impl ShardedTransformer {
         for (layer_idx, (block, (k_cache, v_cache))) in self.blocks.iter().zip(&kv_cache.layers).enumerate() {
             let normed = block.input_norm.forward(&residual)?;
             // [num_tokens, hidden]: this rank's heads' share of the o-projection
-            let partial = block.attn.forward(&normed, batch, k_cache, v_cache)?;
+            let partial = block.attn.forward(&normed, None, batch, k_cache, v_cache)?;
             let mut h = comm.all_reduce_sum(&partial, CollectiveTag::AttentionOutput { layer_idx })?;
             if let Some(norm) = &block.post_attn_norm {
                 h = norm.forward(&h)?;
@@ -233,7 +233,7 @@ impl ShardedTransformer {
             residual = (h + residual)?;
             let normed = block.pre_mlp_norm.forward(&residual)?;
             // [num_tokens, hidden]: this rank's features' share of the down projection
-            let partial = block.mlp.forward(&normed)?;
+            let partial = block.mlp.forward(&normed, None)?;
             let mut m = comm.all_reduce_sum(&partial, CollectiveTag::MlpOutput { layer_idx })?;
             if let Some(norm) = &block.post_mlp_norm {
                 m = norm.forward(&m)?;
