@@ -38,6 +38,11 @@ pub struct Attention {
 }
 
 impl Attention {
+    /// Whether the Q, K, V projections take [`Int8Rows`] (see `Linear::reads_int8_rows`).
+    pub fn reads_int8_rows(&self) -> bool {
+        matches!(&self.qkv, QkvProj::Separate { q, k, v } if q.reads_int8_rows() && k.reads_int8_rows() && v.reads_int8_rows())
+    }
+
     /// `x` `[num_tokens, hidden]` -> `[num_tokens, hidden]`; writes this step's K/V to the pool.
     /// `int8`: `x` already quantized for the Q/K/V int8 launch (or `None`).
     pub fn forward(&self, x: &Tensor, int8: Option<&Int8Rows>, batch: &ForwardBatch, k_cache: &Tensor, v_cache: &Tensor) -> Result<Tensor> {

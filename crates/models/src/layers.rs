@@ -267,6 +267,12 @@ impl Linear {
         })
     }
 
+    /// Whether the int8 matvec kernels read this layer's weight (Q4_K/Q6_K, no bias), so that
+    /// [`Int8Rows`] of its input are worth making.
+    pub fn reads_int8_rows(&self) -> bool {
+        self.bias.is_none() && self.candle_qtensor().is_some_and(|q| matches!(q.dtype(), GgmlDType::Q4K | GgmlDType::Q6K))
+    }
+
     /// The weight when candle holds it quantized (what hearth's GPU matvec kernels read).
     fn candle_qtensor(&self) -> Option<&QTensor> {
         match &self.weight {
@@ -428,12 +434,19 @@ impl RmsNorm {
 
     /// The norm before a block's products on the residual stream: of `delta + residual`
     /// ([`Self::forward_residual`]) or, before the first block, of `residual` alone; returns the
-    /// normed rows, the new residual, and — on a GPU generation step whose products take int8
-    /// activations (few rows, F32 stream, widths of whole 256-value blocks, not batch-invariant)
-    /// — the normed rows quantized by the same kernel, so that no product's blocks quantize them
-    /// again (`None` elsewhere; the products then quantize themselves, same results).
-    pub fn forward_for_int8_products(&self, delta: Option<&Tensor>, residual: &Tensor) -> Result<(Tensor, Tensor, Option<Int8Rows>)> {
-        let int8 = residual.device().is_cuda()
+    /// normed rows, the new residual, and — when `products_read_int8` (the products'
+    /// `Linear::reads_int8_rows`) on a GPU generation step whose products take int8 activations
+    /// (few rows, F32 stream, widths of whole 256-value blocks, not batch-invariant) — the normed
+    /// rows quantized by the same kernel, so that no product's blocks quantize them again (`None`
+    /// elsewhere; the products then quantize themselves, same results).
+    pub fn forward_for_int8_products(
+        &self,
+        delta: Option<&Tensor>,
+        residual: &Tensor,
+        products_read_int8: bool,
+    ) -> Result<(Tensor, Tensor, Option<Int8Rows>)> {
+        let int8 = products_read_int8
+            && residual.device().is_cuda()
             && !numerics::batch_invariant()
             && delta.is_none_or(|d| d.dtype() == self.weight.dtype() && d.dims() == residual.dims())
             && fused::int8_rows_supported(residual, &self.weight)
@@ -564,6 +577,11 @@ pub enum GateUp {
 }
 
 impl Mlp {
+    /// Whether the gate and up projections take [`Int8Rows`] (see `Linear::reads_int8_rows`).
+    pub fn reads_int8_rows(&self) -> bool {
+        matches!(&self.gate_up, GateUp::Separate { gate, up } if gate.reads_int8_rows() && up.reads_int8_rows())
+    }
+
     fn gated_activation(&self) -> GatedActivation {
         match self.activation {
             Activation::Silu => GatedActivation::Silu,

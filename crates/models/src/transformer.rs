@@ -64,12 +64,12 @@ impl Block {
         batch: &ForwardBatch,
         kv: &(Tensor, Tensor),
     ) -> Result<(Tensor, Tensor)> {
-        let (normed, residual, int8) = self.input_norm.forward_for_int8_products(delta, residual)?;
+        let (normed, residual, int8) = self.input_norm.forward_for_int8_products(delta, residual, self.attn.reads_int8_rows())?;
         let mut h = self.attn.forward(&normed, int8.as_ref(), batch, &kv.0, &kv.1)?;
         if let Some(norm) = &self.post_attn_norm {
             h = norm.forward(&h)?;
         }
-        let (normed, residual, int8) = self.pre_mlp_norm.forward_for_int8_products(Some(&h), &residual)?;
+        let (normed, residual, int8) = self.pre_mlp_norm.forward_for_int8_products(Some(&h), &residual, self.mlp.reads_int8_rows())?;
         let mut m = self.mlp.forward(&normed, int8.as_ref())?;
         if let Some(norm) = &self.post_mlp_norm {
             m = norm.forward(&m)?;
