@@ -46,7 +46,7 @@ impl CudaModule {
 
     /// A development aid for trying kernel variants without rebuilding: with
     /// `HEARTH_CUDA_SOURCE_DIR=dir`, a file `dir/<file_name>` replaces this module's whole source
-    /// (`dtypes.cuh` followed by the module's .cu files, as `CUDA_SOURCE` concatenates them).
+    /// (the headers and .cu files that the module's `CUDA_SOURCE` concatenates, in its order).
     fn override_source(&self) -> Option<String> {
         let path = std::path::Path::new(&std::env::var_os("HEARTH_CUDA_SOURCE_DIR")?).join(self.file_name);
         let source = std::fs::read_to_string(&path).ok()?;

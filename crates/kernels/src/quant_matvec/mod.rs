@@ -88,9 +88,10 @@ impl Int8Rows {
 }
 
 /// Whether a producer should make [`Int8Rows`] of `rows` x `k` activations for the int8 kernels
-/// (widths of whole Q4_K/Q6_K super-blocks, rows the int8 kernels take).
+/// (widths of whole Q4_K/Q6_K super-blocks, rows the int8 kernels take: the same answer for
+/// either format, so Q4_K stands for both).
 pub fn int8_rows_useful(rows: usize, k: usize) -> bool {
-    (1..=MAX_ROWS).contains(&rows) && k % 256 == 0 && uses_int8_activations(GgmlDType::Q6K, rows, k)
+    (1..=MAX_ROWS).contains(&rows) && k % 256 == 0 && uses_int8_activations(GgmlDType::Q4K, rows, k)
 }
 
 /// Whether [`quant_matvec_group`] handles the matrices `ws` (1..=[`MAX_GROUP`], Q4_K/Q6_K, one
