@@ -13,8 +13,8 @@ use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 
 use super::{GatedActivation, RopeKvInputs, CUDA_SOURCE, NORM_CHUNKS};
-use crate::quant_matvec::Int8Rows;
 use crate::nvrtc::{contiguous_view, cuda_operand, CudaModule, Operand};
+use crate::quant_matvec::Int8Rows;
 use crate::Result;
 
 pub static MODULE: CudaModule = CudaModule::new("hearth_fused", "fused.cu", CUDA_SOURCE);
@@ -84,7 +84,6 @@ impl CustomOp3 for AddRmsNorm {
         with_dtype!(x.dtype(), T, launch_add_rms_norm::<T>(self.eps, (x, x_l), (r, r_l), (w, w_l), rows, hidden))
     }
 }
-
 
 fn launch_add_rms_norm<T: CudaDType + DeviceRepr>(
     eps: f32,

@@ -66,7 +66,7 @@ fn int8_activations_enabled() -> bool {
 
 /// Activation rows already quantized as the int8 kernels quantize them (per 32 values a scale
 /// and a scaled sum, then the int8 values), by the kernel that produced the rows: the norm
-/// before a generation step's Q/K/V and gate/up products (`fused::add_rms_norm_f32_residual_int8`).
+/// before a generation step's Q/K/V and gate/up products (`fused::f32_stream_norm_int8`).
 /// [`quant_matvec_group`] and [`quant_matvec_gated`] then copy them instead of having every block
 /// quantize `x` again. Bound to the rows they were made from: a product given other rows refuses.
 #[derive(Clone, Debug)]
