@@ -19,6 +19,18 @@
 
 #define Q8X_WARPS 8
 
+// Launch bounds per activation rows: one row stays within 40 registers, so that six blocks fit
+// an SM (48 warps); quantize_rows' batched loads alone would take it to 48 (40 warps). Bounds on
+// more rows made ptxas use more registers than without, so those have none.
+#define Q8X_BOUNDS_1 __launch_bounds__(Q8X_WARPS * 32, 6)
+#define Q8X_BOUNDS_2
+#define Q8X_BOUNDS_3
+#define Q8X_BOUNDS_4
+#define Q8X_BOUNDS_5
+#define Q8X_BOUNDS_6
+#define Q8X_BOUNDS_7
+#define Q8X_BOUNDS_8
+
 __device__ __forceinline__ int dp4a(unsigned int a, unsigned int b, int c) {
     int r;
     asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
@@ -34,23 +46,39 @@ __device__ __forceinline__ unsigned int xq_offset(unsigned int c, unsigned int n
     return (off & ~0x70u) | ((((off >> 4) & 7u) ^ (line ^ (line << 1))) << 4);
 }
 
-// Quantizes rows x[NCOLS][ncols] into ds/xq. Each thread takes 8 consecutive values; the 4
-// threads of a 32-value group are adjacent lanes of one warp. Every thread of the block loops the
-// same number of times so whole warps reach the shuffles.
+// Quantizes rows x[NCOLS][ncols] into ds/xq. Each thread takes 8 consecutive values per piece;
+// the 4 threads of a 32-value group are adjacent lanes of one warp. A thread loads
+// QUANTIZE_BATCH pieces before it quantizes any: with one load per loop turn, every turn waited
+// a full L2 round trip before its shuffles, and a 14,336-wide row (the 8B down projection) is 7
+// turns (8B Q4_K_M batch 1: 362 -> 376 tok/s, the bound with no quantization at all 379; a
+// batch of 8 needs more than the 40 registers of Q8X_BOUNDS_1 and spills: 328). Every thread of
+// the block runs the same turns so whole warps reach the shuffles.
+#define QUANTIZE_BATCH 4
+
 template <typename T, int NCOLS>
 __device__ void quantize_rows(const T* __restrict__ x, unsigned int ncols, float2* ds, unsigned char* xq) {
     const unsigned int tid = threadIdx.y * 32 + threadIdx.x, nthreads = 32 * blockDim.y;
     const unsigned int pieces = NCOLS * ncols / 8;
-    for (unsigned int first = 0; first < pieces; first += nthreads) {
-        const unsigned int p = first + tid;
-        const bool valid = p < pieces;
-        float v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        if (valid) load8(x + 8ull * p, v);  // rows are contiguous: piece p starts at value 8p
-        float2 group;
-        const uint2 packed = quantize_group8(v, &group);
-        if (valid) {
-            *(uint2*)(xq + xq_offset(0, 0, 8u * p)) = packed;
-            if (p % 4 == 0) ds[p / 4] = group;
+    for (unsigned int first = 0; first < pieces; first += QUANTIZE_BATCH * nthreads) {
+        uint4 raw[QUANTIZE_BATCH];
+#pragma unroll
+        for (int i = 0; i < QUANTIZE_BATCH; ++i) {
+            const unsigned int p = first + i * nthreads + tid;
+            // rows are contiguous: piece p starts at value 8p
+            raw[i] = p < pieces ? *(const uint4*)(x + 8ull * p) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int i = 0; i < QUANTIZE_BATCH; ++i) {
+            if (first + i * nthreads >= pieces) break;  // the same for the whole block
+            const unsigned int p = first + i * nthreads + tid;
+            float v[8];
+            unpack8<T>(raw[i], v);
+            float2 group;
+            const uint2 packed = quantize_group8(v, &group);
+            if (p < pieces) {
+                *(uint2*)(xq + xq_offset(0, 0, 8u * p)) = packed;
+                if (p % 4 == 0) ds[p / 4] = group;
+            }
         }
     }
     __syncthreads();
@@ -176,11 +204,11 @@ template <int NCOLS>
 __device__ void load_quantized_rows(const unsigned char* __restrict__ xq_in, const float2* __restrict__ ds_in,
                                     unsigned int ncols, float2* ds, unsigned char* xq) {
     const unsigned int tid = threadIdx.y * 32 + threadIdx.x, nthreads = 32 * blockDim.y;
-    const unsigned int pieces = NCOLS * ncols / 8;
-    for (unsigned int p = tid; p < pieces; p += nthreads) {
-        *(uint2*)(xq + xq_offset(0, 0, 8u * p)) = *(const uint2*)(xq_in + 8ull * p);
-        if (p % 4 == 0) ds[p / 4] = ds_in[p / 4];
-    }
+    // 16-byte chunks (a swizzle unit of xq_offset), four loads in flight per thread
+#pragma unroll 4
+    for (unsigned int q = tid; q < NCOLS * ncols / 16; q += nthreads)
+        *(uint4*)(xq + xq_offset(0, 0, 16u * q)) = *(const uint4*)(xq_in + 16ull * q);
+    for (unsigned int g = tid; g < NCOLS * ncols / 32; g += nthreads) ds[g] = ds_in[g];
     __syncthreads();
 }
 
@@ -257,17 +285,17 @@ __device__ void matvec_q8x(const unsigned char* __restrict__ w, const T* __restr
 }
 
 #define Q8X_KERNEL(FMT, FORMAT, SUFFIX, T, N)                                                         \
-    extern "C" __global__ void matvec_q8x_##FMT##_##SUFFIX##_##N(const unsigned char* w, const T* x, T* y, \
+    extern "C" __global__ void Q8X_BOUNDS_##N matvec_q8x_##FMT##_##SUFFIX##_##N(const unsigned char* w, const T* x, T* y, \
                                                                    unsigned int nrows, unsigned int ncols) { \
         matvec_q8x<T, N, FORMAT>(w, x, y, nrows, ncols);                                              \
     }
 #define Q8X_GROUP_KERNEL(SUFFIX, T, N)                                                                \
-    extern "C" __global__ void matvec_q8x_group_##SUFFIX##_##N(Q8xMatrices matrices, const T* x,      \
+    extern "C" __global__ void Q8X_BOUNDS_##N matvec_q8x_group_##SUFFIX##_##N(Q8xMatrices matrices, const T* x,      \
                                                                  const unsigned char* xq_in,          \
                                                                  const float2* ds_in, unsigned int ncols) { \
         matvec_q8x_group<T, N, false>(matrices, x, xq_in, ds_in, ncols);                              \
     }                                                                                                 \
-    extern "C" __global__ void matvec_q8x_gated_##SUFFIX##_##N(Q8xMatrices matrices, const T* x,      \
+    extern "C" __global__ void Q8X_BOUNDS_##N matvec_q8x_gated_##SUFFIX##_##N(Q8xMatrices matrices, const T* x,      \
                                                                  const unsigned char* xq_in,          \
                                                                  const float2* ds_in, unsigned int ncols) { \
         matvec_q8x_group<T, N, true>(matrices, x, xq_in, ds_in, ncols);                               \

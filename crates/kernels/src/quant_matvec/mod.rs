@@ -91,7 +91,7 @@ impl Int8Rows {
 /// (widths of whole Q4_K/Q6_K super-blocks, rows the int8 kernels take: the same answer for
 /// either format, so Q4_K stands for both).
 pub fn int8_rows_useful(rows: usize, k: usize) -> bool {
-    (1..=MAX_ROWS).contains(&rows) && k % 256 == 0 && uses_int8_activations(GgmlDType::Q4K, rows, k)
+    (1..=MAX_ROWS).contains(&rows) && k.is_multiple_of(256) && uses_int8_activations(GgmlDType::Q4K, rows, k)
 }
 
 /// Whether [`quant_matvec_group`] handles the matrices `ws` (1..=[`MAX_GROUP`], Q4_K/Q6_K, one
