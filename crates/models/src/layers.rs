@@ -283,9 +283,9 @@ impl Linear {
 
     /// `x` through several layers that read it (Q, K, V; gate, up): on a GPU, quantized
     /// generation-sized products take one grouped launch (`quant_matvec_group`, which quantizes
-    /// `x` once, up to 8 rows; `quant_mma_group` for batches); otherwise one forward each. The
-    /// same results either way (up to summation order for `quant_mma_group`, whose slices
-    /// follow the group).
+    /// `x` once, up to 8 rows; `quant_mma_group` for batches), and so do dense BF16/F16 ones
+    /// (`dense_matvec_group`, up to 8 rows); otherwise one forward each. The same results
+    /// either way (up to summation order for `quant_mma_group`, whose slices follow the group).
     /// `int8`: `x` already quantized by the norm before (for the int8 launch only; see
     /// [`RmsNorm::forward_for_int8_products`]).
     pub fn forward_many<const N: usize>(linears: [&Linear; N], x: &Tensor, int8: Option<&Int8Rows>) -> Result<[Tensor; N]> {
@@ -301,7 +301,7 @@ impl Linear {
                     None
                 }
             }
-            _ => None,
+            _ => Linear::dense_group(&linears, x)?,
         };
         let outputs: Vec<Tensor> = match grouped {
             Some(outputs) => {
@@ -332,6 +332,27 @@ impl Linear {
     /// Output features.
     pub fn out_features(&self) -> usize {
         self.weight.out_features()
+    }
+
+    /// Dense BF16/F16 layers' generation-sized products in one launch (`dense_matvec_group`,
+    /// the same values as one `dense_matvec` each), or `None` where that launch does not apply.
+    fn dense_group(linears: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
+        let dense: Option<Vec<&Tensor>> = linears.iter().map(|linear| linear.dense_weight()).collect();
+        match dense {
+            // batch-invariant mode: one fixed GEMM path for every batch size (candle_matmul)
+            Some(ws) if ws.len() > 1 && !numerics::batch_invariant() && dense_matvec::group_supported(&ws, x) => {
+                Ok(Some(dense_matvec::dense_matvec_group(&ws, x)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The weight when candle holds it dense (what hearth's GPU dense matvec kernels read).
+    fn dense_weight(&self) -> Option<&Tensor> {
+        match &self.weight {
+            LinearWeight::Candle(QMatMul::Tensor(dense)) => Some(dense),
+            _ => None,
+        }
     }
 
     /// `x`'s rows through the layer, or — with no rows — an empty F32 `[0, out_features]` on
@@ -589,16 +610,27 @@ impl Mlp {
         }
     }
 
-    /// Generation-sized steps on a GPU with quantized, bias-free gate and up projections: both
-    /// products and the activation in one launch (`quant_matvec_gated`); `None` elsewhere.
+    /// Generation-sized steps on a GPU with quantized or dense BF16/F16, bias-free gate and up
+    /// projections: both products and the activation in one launch (`quant_matvec_gated`,
+    /// `dense_matvec_gated`); `None` elsewhere.
     fn gated_matvec(&self, x: &Tensor, int8: Option<&Int8Rows>) -> Result<Option<Tensor>> {
         let GateUp::Separate { gate, up } = &self.gate_up else { return Ok(None) };
-        let (Some(g), Some(u)) = (gate.candle_qtensor(), up.candle_qtensor()) else { return Ok(None) };
         // Batch-invariant mode: the gated matvec rounds differently from the batched products.
-        if gate.bias.is_some() || up.bias.is_some() || numerics::batch_invariant() || quant_mma_rows(x)? || !quant_matvec::gated_supported(g, u, x) {
+        if gate.bias.is_some() || up.bias.is_some() || numerics::batch_invariant() {
             return Ok(None);
         }
-        Ok(Some(quant_matvec::quant_matvec_gated(g, u, x, self.gated_activation(), int8)?))
+        let act = self.gated_activation();
+        if let (Some(g), Some(u)) = (gate.dense_weight(), up.dense_weight()) {
+            if dense_matvec::gated_supported(g, u, x) {
+                return Ok(Some(dense_matvec::dense_matvec_gated(g, u, x, act)?));
+            }
+            return Ok(None);
+        }
+        let (Some(g), Some(u)) = (gate.candle_qtensor(), up.candle_qtensor()) else { return Ok(None) };
+        if quant_mma_rows(x)? || !quant_matvec::gated_supported(g, u, x) {
+            return Ok(None);
+        }
+        Ok(Some(quant_matvec::quant_matvec_gated(g, u, x, act, int8)?))
     }
 
     /// `int8`: `x` already quantized for the gated int8 launch (or `None`).

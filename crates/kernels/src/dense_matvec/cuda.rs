@@ -1,12 +1,14 @@
 //! Launches `dense_matvec.cu` as a custom op on (weight, activations).
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::op::BackpropOp;
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor};
 
-use super::{CUDA_SOURCE, MAX_ROWS};
-use crate::nvrtc::{contiguous_view, CudaModule};
+use super::{CUDA_SOURCE, MAX_GROUP, MAX_ROWS};
+use crate::fused::GatedActivation;
+use crate::nvrtc::{contiguous_view, cuda_operand, CudaModule, Operand};
 use crate::Result;
 
 pub static MODULE: CudaModule = CudaModule::new("hearth_dense_matvec", "dense_matvec.cu", CUDA_SOURCE);
@@ -62,4 +64,103 @@ fn launch<T: CudaDType + DeviceRepr>(w: (&CudaStorage, &Layout), x: (&CudaStorag
 pub fn dense_matvec(w: &Tensor, x: &Tensor) -> Result<Tensor> {
     let x = x.contiguous()?;
     Ok(w.apply_op2_no_bwd(&x, &DenseMatvec)?)
+}
+
+/// One matrix of a grouped launch (`DenseMatrix` in dense_matvec.cu).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct GroupMatrix {
+    w: u64,
+    y: u64,
+    nrows: u32,
+    unused: u32,
+}
+
+/// The grouped kernel's first argument (`DenseMatrices` in dense_matvec.cu), passed by value.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct GroupMatrices {
+    m: [GroupMatrix; MAX_GROUP],
+    count: u32,
+    /// 0, or 1 + the gate activation (gate and up in m[0], m[1]; one output)
+    gated: u32,
+}
+
+// SAFETY: plain old data with the C layout of `DenseMatrices`.
+unsafe impl DeviceRepr for GroupMatrices {}
+
+/// `x Wᵢᵀ` for every matrix of `ws` in one launch, flat `[rows * Σ nᵢ]` (matrix i's `[rows, nᵢ]`
+/// block at `rows * Σ_{j<i} nⱼ`); gated (`ws` = [gate, up]): `act(x gateᵀ) * (x upᵀ)`, `[rows, n]`.
+pub fn dense_matvec_group(ws: &[&Tensor], x: &Tensor, gated: Option<GatedActivation>) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let (rows, _) = x.dims2()?;
+    let x_guard = x.storage_and_layout();
+    let w_guards: Vec<_> = ws.iter().map(|w| w.storage_and_layout()).collect();
+    let x_operand = cuda_operand(&x_guard.0, x_guard.1, "dense_matvec_group")?;
+    let w_operands = w_guards.iter().map(|(s, l)| cuda_operand(s, l, "dense_matvec_group")).collect::<candle_core::Result<Vec<_>>>()?;
+    let (storage, n) = match x.dtype() {
+        DType::BF16 => launch_group::<half::bf16>(&w_operands, x_operand, gated, "bf16")?,
+        DType::F16 => launch_group::<half::f16>(&w_operands, x_operand, gated, "f16")?,
+        other => return Err(candle_core::Error::Msg(format!("dense_matvec_group: activations must be BF16 or F16, got {other:?}")).into()),
+    };
+    let shape = if gated.is_some() { Shape::from((rows, n)) } else { Shape::from(rows * n) };
+    Ok(Tensor::from_storage(Storage::Cuda(storage), shape, BackpropOp::none(), false))
+}
+
+/// The launch: its output and the output's width (Σ nᵢ, or n when gated).
+fn launch_group<T: CudaDType + DeviceRepr>(
+    ws: &[Operand],
+    x: Operand,
+    gated: Option<GatedActivation>,
+    suffix: &str,
+) -> candle_core::Result<(CudaStorage, usize)> {
+    let (rows, k) = x.1.shape().dims2()?;
+    if !(1..=MAX_GROUP).contains(&ws.len()) || !k.is_multiple_of(8) || !(1..=MAX_ROWS).contains(&rows) {
+        candle_core::bail!("dense_matvec_group: {} matrices, activations {rows}x{k}", ws.len());
+    }
+    let heights = ws.iter().map(|w| w.1.shape().dims2().map(|(n, _)| n)).collect::<candle_core::Result<Vec<_>>>()?;
+    if gated.is_some() && (heights.len() != 2 || heights[0] != heights[1]) {
+        candle_core::bail!("dense_matvec_gated: gate and up must have one height, got {heights:?}");
+    }
+    if ws.iter().chain([&x]).any(|o| !o.1.start_offset().is_multiple_of(8)) {
+        candle_core::bail!("dense_matvec_group: operands must start on a 16-byte boundary");
+    }
+    let xv = contiguous_view::<T>(x.0, x.1, "dense_matvec_group: activations")?;
+    let dev = x.0.device().clone();
+    let stream = dev.cuda_stream();
+    let total_n: usize = if gated.is_some() { heights[0] } else { heights.iter().sum() };
+    // SAFETY: every element is written (one warp per output row of every matrix, or per gate/up
+    // row pair).
+    let out = unsafe { dev.alloc::<T>(rows * total_n)? };
+    let (base, out_guard) = out.device_ptr(&stream);
+    let views = ws.iter().map(|w| contiguous_view::<T>(w.0, w.1, "dense_matvec_group: weight")).collect::<candle_core::Result<Vec<_>>>()?;
+    let mut weight_guards = Vec::with_capacity(views.len());
+    let mut group = GroupMatrices { count: ws.len() as u32, gated: gated.map_or(0, |act| 1 + act as u32), ..Default::default() };
+    let (mut offset, mut blocks) = (0, 0);
+    for ((slot, w), view) in group.m.iter_mut().zip(ws).zip(&views) {
+        let (n, w_k) = w.1.shape().dims2()?;
+        if w_k != k {
+            candle_core::bail!("dense_matvec_group: weight {n}x{w_k}, activations {rows}x{k}");
+        }
+        let (w_ptr, guard) = view.device_ptr(&stream);
+        weight_guards.push(guard);
+        *slot = GroupMatrix { w: w_ptr, y: base + (offset * std::mem::size_of::<T>()) as u64, nrows: n as u32, unused: 0 };
+        offset += rows * n;
+        blocks += (n as u32).div_ceil(ROWS_PER_BLOCK);
+    }
+    if gated.is_some() {
+        // both matrices' rows in the same blocks, the result where the gate's would go
+        blocks = (total_n as u32).div_ceil(ROWS_PER_BLOCK);
+    }
+    let func = MODULE.function(x.0, &format!("dense_matvec_group_{suffix}_{rows}"))?;
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (32, ROWS_PER_BLOCK, 1), shared_mem_bytes: 0 };
+    let k_u32 = k as u32;
+    let mut b = func.builder();
+    b.arg(&group).arg(&xv).arg(&k_u32);
+    // SAFETY: arguments match `dense_matvec_group_*`; each weight pointer covers its n x k
+    // elements, each output pointer its rows x n elements inside `out` (gated: one output); xv is
+    // rows x k; every pointer 16-byte aligned (offsets checked above, k a multiple of 8).
+    unsafe { b.launch(cfg) }.w()?;
+    drop((out_guard, weight_guards));
+    Ok((CudaStorage::wrap_cuda_slice(out, dev), total_n))
 }

@@ -12,8 +12,9 @@ fn nvrtc_compiles_the_dense_matvec_source() {
     let ptx = cuda::MODULE.compile().unwrap_or_else(|e| panic!("NVRTC failed: {e:?}")).to_src();
     for suffix in ["bf16", "f16"] {
         for rows in 1..=MAX_ROWS {
-            let name = format!("dense_matvec_{suffix}_{rows}");
-            assert!(ptx.contains(&format!(".entry {name}(")), "PTX lacks {name}");
+            for name in [format!("dense_matvec_{suffix}_{rows}"), format!("dense_matvec_group_{suffix}_{rows}")] {
+                assert!(ptx.contains(&format!(".entry {name}(")), "PTX lacks {name}");
+            }
         }
     }
 }
@@ -37,6 +38,40 @@ fn every_dtype_and_row_count_matches_the_reference() {
                 assert!(diff <= tolerance, "{n}x{k} {dtype:?} rows {rows}: relative diff {diff}");
             }
         }
+    }
+}
+
+#[test]
+fn a_group_and_the_gated_launch_equal_the_single_products() {
+    use crate::fused::{gated_act, GatedActivation};
+    let Some(device) = crate::test_gpu() else { return };
+    let k = 1000;
+    for dtype in [DType::BF16, DType::F16] {
+        let matrix = |n: usize| Tensor::randn(0f32, 0.05, (n, k), &device).unwrap().to_dtype(dtype).unwrap();
+        let (q, kk, v) = (matrix(96), matrix(37), matrix(64));
+        let (gate, up) = (matrix(77), matrix(77));
+        for rows in 1..=MAX_ROWS {
+            let x = Tensor::randn(0f32, 1.0, (rows, k), &device).unwrap().to_dtype(dtype).unwrap();
+            assert!(group_supported(&[&q, &kk, &v], &x));
+            let grouped = dense_matvec_group(&[&q, &kk, &v], &x).unwrap();
+            for (y, w) in grouped.iter().zip([&q, &kk, &v]) {
+                let single = dense_matvec(w, &x).unwrap();
+                assert_eq!(y.dims(), single.dims());
+                assert_eq!(relative_diff(y, &single), 0.0, "{dtype:?} rows {rows}: {:?} in a group", w.dims());
+            }
+            for act in [GatedActivation::Silu, GatedActivation::GeluTanh] {
+                assert!(gated_supported(&gate, &up, &x));
+                let fused = dense_matvec_gated(&gate, &up, &x, act).unwrap();
+                let separate = gated_act(&dense_matvec(&gate, &x).unwrap(), &dense_matvec(&up, &x).unwrap(), act).unwrap();
+                assert_eq!(fused.dims(), [rows, 77]);
+                assert_eq!(relative_diff(&fused, &separate), 0.0, "{dtype:?} rows {rows} {act:?}: gated launch");
+            }
+        }
+        let x = Tensor::randn(0f32, 1.0, (1, k), &device).unwrap().to_dtype(dtype).unwrap();
+        assert!(!gated_supported(&gate, &q, &x), "gate and up of different heights");
+        assert!(!group_supported(&[&q, &kk, &v, &gate], &x), "more matrices than a launch takes");
+        let narrow = Tensor::zeros((8, 512), dtype, &device).unwrap();
+        assert!(!group_supported(&[&q, &narrow], &x), "matrices of different widths");
     }
 }
 

@@ -4,6 +4,8 @@
 //! [`dense_matvec`] runs `dense_matvec.cu` (NVRTC): one warp per output row, 16-byte loads, four
 //! per lane in flight, F32 accumulation. For one row cuBLAS picks a GEMM kernel that does not
 //! reach the bandwidth a plain streaming kernel does (crates/kernels/PERF.md).
+//! [`dense_matvec_group`] and [`dense_matvec_gated`] run the same rows for up to three matrices
+//! (Q/K/V), or gate and up with the activation, in one launch.
 //! [`dense_matvec_reference`] is the F32 product; GPU tests bind the two (`cuda_tests.rs`).
 //! [`supported`] says when the fast path applies; callers use the matmul otherwise.
 
@@ -17,7 +19,7 @@ use candle_core::{DType, Tensor};
 use crate::Result;
 
 /// CUDA C source of the kernels.
-pub const CUDA_SOURCE: &str = concat!(include_str!("../dtypes.cuh"), include_str!("dense_matvec.cu"));
+pub const CUDA_SOURCE: &str = concat!(include_str!("../dtypes.cuh"), include_str!("../activation.cuh"), include_str!("dense_matvec.cu"));
 
 /// Most activation rows one launch takes (kernels are instantiated for 1..=8).
 pub const MAX_ROWS: usize = 8;
@@ -49,6 +51,59 @@ pub fn dense_matvec(w: &Tensor, x: &Tensor) -> Result<Tensor> {
     {
         let _ = (w, x);
         Err(crate::KernelError::InvalidMetadata("dense_matvec needs the cuda feature".into()))
+    }
+}
+
+/// Most matrices [`dense_matvec_group`] takes in one launch (`DenseMatrices` in the .cu).
+pub const MAX_GROUP: usize = 3;
+
+/// Whether [`dense_matvec_group`] handles the matrices `ws` (1..=[`MAX_GROUP`], each
+/// [`supported`] with `x`, so of one width) times `x`.
+pub fn group_supported(ws: &[&Tensor], x: &Tensor) -> bool {
+    (1..=MAX_GROUP).contains(&ws.len()) && ws.iter().all(|w| supported(w, x))
+}
+
+/// `[x W₀ᵀ, x W₁ᵀ, …]` in one launch (the Q, K, V projections of a generation step): the same
+/// values as [`dense_matvec`] one by one. Call only where [`group_supported`] holds.
+pub fn dense_matvec_group(ws: &[&Tensor], x: &Tensor) -> Result<Vec<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        let rows = x.dim(0)?;
+        let flat = cuda::dense_matvec_group(ws, x, None)?;
+        let mut offset = 0;
+        ws.iter()
+            .map(|w| {
+                let n = w.dim(0)?;
+                let out = flat.narrow(0, offset, rows * n)?.reshape((rows, n))?;
+                offset += rows * n;
+                Ok(out)
+            })
+            .collect()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (ws, x);
+        Err(crate::KernelError::InvalidMetadata("dense_matvec_group needs the cuda feature".into()))
+    }
+}
+
+/// Whether [`dense_matvec_gated`] handles `gate` and `up` (one height) times `x`.
+pub fn gated_supported(gate: &Tensor, up: &Tensor, x: &Tensor) -> bool {
+    group_supported(&[gate, up], x) && gate.dims().first() == up.dims().first()
+}
+
+/// `act(x gateᵀ) * (x upᵀ)`, `[rows, n]`, in one launch: a gated MLP's gate/up projections and
+/// its activation, the same bits as [`dense_matvec`] twice and then [`crate::fused::gated_act`].
+/// Call only where [`gated_supported`] holds.
+pub fn dense_matvec_gated(gate: &Tensor, up: &Tensor, x: &Tensor, act: crate::fused::GatedActivation) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::dense_matvec_group(&[gate, up], x, Some(act))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (gate, up, x, act);
+        Err(crate::KernelError::InvalidMetadata("dense_matvec_gated needs the cuda feature".into()))
     }
 }
 
