@@ -7,7 +7,7 @@
 use candle_core::Tensor;
 use hearth_kernels::fused::{self, RopeKvInputs};
 use hearth_kernels::paged_attention::{paged_attention_with, split::SplitChoice};
-use hearth_kernels::quant_matvec::Int8Rows;
+use hearth_kernels::quant_matvec::{Int8Rows, QkvRope};
 use hearth_kernels::{paged_attention, prefill_attention, write_kv, AttentionLayout, SequenceSpan};
 
 use crate::forward_batch::ForwardBatch;
@@ -47,6 +47,34 @@ impl Attention {
     /// `int8`: `x` already quantized for the Q/K/V int8 launch (or `None`).
     pub fn forward(&self, x: &Tensor, int8: Option<&Int8Rows>, batch: &ForwardBatch, k_cache: &Tensor, v_cache: &Tensor) -> Result<Tensor> {
         let num_tokens = x.dim(0)?;
+        let q = match self.qkv_rope_launch(x, int8, batch, k_cache, v_cache)? {
+            Some(q) => q,
+            None => self.project_rotate_write(x, int8, batch, k_cache, v_cache)?,
+        };
+        let layout = batch.attention_layout(self.scale, self.sliding_window);
+        let attn = attend(&q.contiguous()?, k_cache, v_cache, &layout)?;
+        // [num_tokens, num_heads * head_dim]
+        self.o.forward(&attn.reshape((num_tokens, self.num_heads * self.head_dim))?)
+    }
+
+    /// A generation step's Q/K/V projections, rotation and pool writes in one launch
+    /// (`Linear::qkv_rope`) where nothing comes between them (no per-head norms) on a GPU;
+    /// `None` elsewhere.
+    fn qkv_rope_launch(&self, x: &Tensor, int8: Option<&Int8Rows>, batch: &ForwardBatch, k_cache: &Tensor, v_cache: &Tensor) -> Result<Option<Tensor>> {
+        let QkvProj::Separate { q, k, v } = &self.qkv else { return Ok(None) };
+        if self.q_norm.is_some() || self.k_norm.is_some() || !x.device().is_cuda() {
+            return Ok(None);
+        }
+        let (cos, sin) = self.rope.tables();
+        let rope = RopeKvInputs { cos, sin, positions: &batch.positions, slot_mapping: &batch.slot_mapping };
+        let target = QkvRope { rope: &rope, k_cache, v_cache, head_dim: self.head_dim };
+        Linear::qkv_rope([q, k, v], x, int8, &target)
+    }
+
+    /// Q, K, V projected, normed (per head, where the model does), rotated, K and V written to
+    /// the pool: q `[num_tokens, num_heads, head_dim]`.
+    fn project_rotate_write(&self, x: &Tensor, int8: Option<&Int8Rows>, batch: &ForwardBatch, k_cache: &Tensor, v_cache: &Tensor) -> Result<Tensor> {
+        let num_tokens = x.dim(0)?;
         let (q_dim, kv_dim) = (self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim);
         let (q, k, v) = match &self.qkv {
             QkvProj::Separate { q, k, v } => {
@@ -80,10 +108,7 @@ impl Attention {
             write_kv(k_cache, v_cache, &k, &v, &batch.slot_mapping)?;
             q
         };
-        let layout = batch.attention_layout(self.scale, self.sliding_window);
-        let attn = attend(&q.contiguous()?, k_cache, v_cache, &layout)?;
-        // [num_tokens, num_heads * head_dim]
-        self.o.forward(&attn.reshape((num_tokens, q_dim))?)
+        Ok(q)
     }
 }
 

@@ -9,7 +9,7 @@
 //   add_rms_norm_f32_residual: the same on an F32 residual stream (the sum is stored in F32, not
 //   rounded); rms_norm_f32_stream: the norm of the F32 stream alone (before the first block).
 // rope_write_kv: one block per (token, head of q, k or v's kv head). Rotates q and k (half-split / NeoX rotary, F32 cos/sin
-//   tables indexed by position), writes the rotated q to q_out and k, v to the paged pool at the
+//   tables indexed by position, rope.cuh), writes the rotated q to q_out and k, v to the paged pool at the
 //   token's slot.
 // gated_act: out = act(gate) * up, act = SiLU (0) or tanh-GELU (1); gate/up rows may be strided
 //   (views of one fused gate_up matrix).
@@ -181,15 +181,15 @@ __device__ void rope_write_kv(T* __restrict__ q_out, T* __restrict__ k_cache, T*
         const float c = cos_row[i], s = sin_row[i];
         if (is_q) {
             const unsigned long long at = ((unsigned long long)token * num_heads + head) * head_dim;
-            const float x1 = to_f32(q[at + i]), x2 = to_f32(q[at + i + half]);
-            q_out[at + i] = round_to<T>(x1 * c - x2 * s);
-            q_out[at + i + half] = round_to<T>(x2 * c + x1 * s);
+            const float2 r = rope_rotate(to_f32(q[at + i]), to_f32(q[at + i + half]), c, s);
+            q_out[at + i] = round_to<T>(r.x);
+            q_out[at + i + half] = round_to<T>(r.y);
         } else {
             const unsigned long long src = ((unsigned long long)token * num_kv_heads + head) * head_dim;
             const unsigned long long dst = (slot * num_kv_heads + head) * head_dim;
-            const float x1 = to_f32(k[src + i]), x2 = to_f32(k[src + i + half]);
-            k_cache[dst + i] = round_to<T>(x1 * c - x2 * s);
-            k_cache[dst + i + half] = round_to<T>(x2 * c + x1 * s);
+            const float2 r = rope_rotate(to_f32(k[src + i]), to_f32(k[src + i + half]), c, s);
+            k_cache[dst + i] = round_to<T>(r.x);
+            k_cache[dst + i + half] = round_to<T>(r.y);
             v_cache[dst + i] = v[src + i];
             v_cache[dst + i + half] = v[src + i + half];
         }

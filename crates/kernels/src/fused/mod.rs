@@ -23,7 +23,7 @@ use crate::{write_kv, Result};
 
 /// CUDA C source of the kernels.
 pub const CUDA_SOURCE: &str =
-    concat!(include_str!("../dtypes.cuh"), include_str!("../activation.cuh"), include_str!("../int8_rows.cuh"), include_str!("fused.cu"));
+    concat!(include_str!("../dtypes.cuh"), include_str!("../activation.cuh"), include_str!("../int8_rows.cuh"), include_str!("../rope.cuh"), include_str!("fused.cu"));
 
 /// 8-element chunks one thread of the vectorized norms keeps in registers (`NORM_CHUNKS` in
 /// fused.cu): rows of up to `NORM_CHUNKS * 8 * 1024` elements.

@@ -2,14 +2,16 @@
 //! blocks by device pointer (the weights stay where candle loaded them, padded as candle pads
 //! them; the kernel reads only `n * k` weights' blocks).
 
+use std::sync::Arc;
+
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaStream, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor};
 
-use super::{int8_shared_bytes, uses_int8_activations, Int8Rows, CUDA_SOURCE, MAX_GROUP};
+use super::{int8_shared_bytes, uses_int8_activations, Int8Rows, QkvRope, CUDA_SOURCE, MAX_GROUP};
 use crate::fused::GatedActivation;
 use crate::nvrtc::{contiguous_view, cuda_operand, CudaModule};
 use crate::Result;
@@ -122,14 +124,35 @@ struct GroupMatrices {
 // SAFETY: plain old data with the C layout of `Q8xMatrices`.
 unsafe impl DeviceRepr for GroupMatrices {}
 
+/// The group kernel's rotation arguments (`RopeKv` in matvec_int8.cu); `head_dim` 0: none.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct RopeKvArgs {
+    q_out: u64,
+    k_cache: u64,
+    v_cache: u64,
+    cos: u64,
+    sin: u64,
+    positions: u64,
+    slots: u64,
+    head_dim: u32,
+    num_kv_heads: u32,
+}
+
+// SAFETY: plain old data with the C layout of `RopeKv`.
+unsafe impl DeviceRepr for RopeKvArgs {}
+
 /// `x Wᵢᵀ` for every matrix of the group, one launch; the outputs lie one after the other in a
 /// flat `[rows * Σ nᵢ]` result (matrix i's `[rows, nᵢ]` block at `rows * Σ_{j<i} nⱼ`). Gated:
-/// `ws` = [gate, up] and the one output is `act(x gateᵀ) * (x upᵀ)`, flat `[rows * n]`.
+/// `ws` = [gate, up] and the one output is `act(x gateᵀ) * (x upᵀ)`, flat `[rows * n]`. With
+/// `rope`: `ws` = [Q, K, V], the one output is q rotated, flat `[rows * n_q]`, and k (rotated)
+/// and v go to the pool.
 struct QuantMatvecGroup<'a> {
     ws: &'a [&'a QTensor],
     gated: Option<GatedActivation>,
     /// `x` already quantized (the blocks copy it), or `None` (every block quantizes `x`).
     int8: Option<&'a Int8Rows>,
+    rope: Option<&'a QkvRope<'a>>,
 }
 
 impl CustomOp1 for QuantMatvecGroup<'_> {
@@ -163,7 +186,7 @@ impl QuantMatvecGroup<'_> {
         if self.gated.is_some() && (heights.len() != 2 || heights[0] != heights[1]) {
             candle_core::bail!("quant_matvec_gated: gate and up must have one height, got {heights:?}");
         }
-        let total_n: usize = if self.gated.is_some() { heights[0] } else { heights.iter().sum() };
+        let total_n: usize = if self.gated.is_some() || self.rope.is_some() { heights[0] } else { heights.iter().sum() };
         // SAFETY: every element is written (one warp per output row of every matrix, or per
         // gate/up row pair).
         let out = unsafe { dev.alloc::<T>(rows * total_n)? };
@@ -191,6 +214,20 @@ impl QuantMatvecGroup<'_> {
             blocks = (total_n as u32).div_ceil(Q8X_ROWS_PER_BLOCK);
             group.m[1].y = group.m[0].y;
         }
+        let rope_guards = self.rope.map(|rope| rope.tensors().map(|t| t.storage_and_layout()));
+        let rope_views = match &rope_guards {
+            Some(guards) => Some(rope_views::<T, _>(guards, &heights, rows, self.rope.map_or(0, |r| r.head_dim))?),
+            None => None,
+        };
+        let rope_ptrs = rope_views.as_ref().map(|views| views.pointers(&stream));
+        let mut rope_args = RopeKvArgs::default();
+        if let (Some(rope), Some((ptrs, _))) = (self.rope, &rope_ptrs) {
+            // q's rotated rows are the output; k's and v's rows go to the pool only
+            (group.m[1].y, group.m[2].y) = (0, 0);
+            let [k_cache, v_cache, cos, sin, positions, slots] = *ptrs;
+            let (head_dim, num_kv_heads) = (rope.head_dim as u32, (heights[1] / rope.head_dim) as u32);
+            rope_args = RopeKvArgs { q_out: group.m[0].y, k_cache, v_cache, cos, sin, positions, slots, head_dim, num_kv_heads };
+        }
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
             block_dim: (32, Q8X_ROWS_PER_BLOCK, 1),
@@ -215,7 +252,11 @@ impl QuantMatvecGroup<'_> {
         };
         let null = 0u64;
         let mut b = func.builder();
-        b.arg(&group).arg(&xv);
+        b.arg(&group);
+        if gated == 0 {
+            b.arg(&rope_args);
+        }
+        b.arg(&xv);
         match &int8_views {
             Some((values, scales)) => b.arg(values).arg(scales),
             None => b.arg(&null).arg(&null),
@@ -224,9 +265,12 @@ impl QuantMatvecGroup<'_> {
         // SAFETY: arguments match `matvec_q8x_group_*` / `matvec_q8x_gated_*`; each matrix
         // pointer covers its n rows of k / 256 blocks, each output pointer its rows x n elements
         // inside `out` (gated: one output); xv is rows x k; the int8 rows (or nulls) hold rows x k
-        // values and rows x k / 32 scale pairs.
+        // values and rows x k / 32 scale pairs. With rope: the pool, tables, positions and slots
+        // as `rope_views` checked them (q's output alone in `out`); positions index the tables
+        // and slots the pool as for `rope_write_kv` (the batch built them from validated block
+        // tables).
         unsafe { b.launch(cfg) }.w()?;
-        drop(guard);
+        drop((guard, rope_ptrs));
         Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(rows * total_n)))
     }
 }
@@ -234,7 +278,7 @@ impl QuantMatvecGroup<'_> {
 pub fn quant_matvec_group(ws: &[&QTensor], x: &Tensor, int8: Option<&Int8Rows>) -> Result<Vec<Tensor>> {
     let x = x.contiguous()?;
     let rows = x.dim(0)?;
-    let flat = x.apply_op1_no_bwd(&QuantMatvecGroup { ws, gated: None, int8 })?;
+    let flat = x.apply_op1_no_bwd(&QuantMatvecGroup { ws, gated: None, int8, rope: None })?;
     let mut offset = 0;
     ws.iter()
         .map(|w| {
@@ -249,7 +293,84 @@ pub fn quant_matvec_group(ws: &[&QTensor], x: &Tensor, int8: Option<&Int8Rows>) 
 pub fn quant_matvec_gated(gate: &QTensor, up: &QTensor, x: &Tensor, act: GatedActivation, int8: Option<&Int8Rows>) -> Result<Tensor> {
     let x = x.contiguous()?;
     let (rows, n) = (x.dim(0)?, gate.shape().dims()[0]);
-    Ok(x.apply_op1_no_bwd(&QuantMatvecGroup { ws: &[gate, up], gated: Some(act), int8 })?.reshape((rows, n))?)
+    Ok(x.apply_op1_no_bwd(&QuantMatvecGroup { ws: &[gate, up], gated: Some(act), int8, rope: None })?.reshape((rows, n))?)
+}
+
+pub fn quant_matvec_qkv_rope(ws: [&QTensor; 3], x: &Tensor, int8: Option<&Int8Rows>, rope: &QkvRope) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let (rows, n) = (x.dim(0)?, ws[0].shape().dims()[0]);
+    let q = x.apply_op1_no_bwd(&QuantMatvecGroup { ws: &ws, gated: None, int8, rope: Some(rope) })?;
+    Ok(q.reshape((rows, n / rope.head_dim, rope.head_dim))?)
+}
+
+impl QkvRope<'_> {
+    /// The tensors a rotating launch reads and writes: k_cache, v_cache, cos, sin, positions,
+    /// slots.
+    fn tensors(&self) -> [&Tensor; 6] {
+        [self.k_cache, self.v_cache, self.rope.cos, self.rope.sin, self.rope.positions, self.rope.slot_mapping]
+    }
+}
+
+/// The rotating launch's operands as views: k_cache, v_cache; cos, sin; positions, slots.
+struct RopeViews<'a, T> {
+    caches: [CudaView<'a, T>; 2],
+    tables: [CudaView<'a, f32>; 2],
+    indices: [CudaView<'a, u32>; 2],
+}
+
+impl<T> RopeViews<'_, T> {
+    /// Device pointers of k_cache, v_cache, cos, sin, positions, slots, and the guards that
+    /// order their use on `stream`.
+    fn pointers<'s>(&'s self, stream: &'s Arc<CudaStream>) -> ([u64; 6], Vec<SyncOnDrop<'s>>) {
+        let ([k, v], [cos, sin], [positions, slots]) = (&self.caches, &self.tables, &self.indices);
+        let pairs = [
+            k.device_ptr(stream),
+            v.device_ptr(stream),
+            cos.device_ptr(stream),
+            sin.device_ptr(stream),
+            positions.device_ptr(stream),
+            slots.device_ptr(stream),
+        ];
+        let ptrs = pairs.each_ref().map(|(ptr, _)| *ptr);
+        (ptrs, pairs.into_iter().map(|(_, guard)| guard).collect())
+    }
+}
+
+/// The views of a rotating Q/K/V launch, checked: Q, K, V heights `heights` of whole heads
+/// (K's and V's the pool's kv heads), `rows` positions and slots, tables of `head_dim / 2`
+/// F32 columns, a pool of `T`.
+fn rope_views<'a, T: CudaDType, G: std::ops::Deref<Target = Storage>>(
+    guards: &'a [(G, &'a Layout); 6],
+    heights: &[usize],
+    rows: usize,
+    head_dim: usize,
+) -> candle_core::Result<RopeViews<'a, T>> {
+    let op = |i: usize| cuda_operand(&guards[i].0, guards[i].1, "quant_matvec_qkv_rope");
+    let pool = op(0)?.1.shape().dims4()?;
+    let (kv_heads, pool_head_dim) = (pool.2, pool.3);
+    let fits = heights.len() == 3
+        && head_dim.is_multiple_of(8)
+        && pool_head_dim == head_dim
+        && heights[0].is_multiple_of(head_dim)
+        && heights[1] == kv_heads * head_dim
+        && heights[2] == heights[1]
+        && op(1)?.1.shape().dims4()? == pool
+        && op(2)?.1.shape().dims2()?.1 == head_dim / 2
+        && op(3)?.1.shape() == op(2)?.1.shape()
+        && op(4)?.1.shape().dims() == [rows]
+        && op(5)?.1.shape().dims() == [rows];
+    if !fits {
+        candle_core::bail!(
+            "quant_matvec_qkv_rope: heights {heights:?}, head_dim {head_dim}, pool {pool:?}, tables {:?}, positions {:?}, slots {:?} do not fit",
+            op(2)?.1.shape(),
+            op(4)?.1.shape(),
+            op(5)?.1.shape()
+        );
+    }
+    let view = |i: usize| op(i).and_then(|(s, l)| contiguous_view::<T>(s, l, "quant_matvec_qkv_rope: pool"));
+    let table = |i: usize| op(i).and_then(|(s, l)| contiguous_view::<f32>(s, l, "quant_matvec_qkv_rope: cos/sin"));
+    let index = |i: usize| op(i).and_then(|(s, l)| contiguous_view::<u32>(s, l, "quant_matvec_qkv_rope: positions/slots"));
+    Ok(RopeViews { caches: [view(0)?, view(1)?], tables: [table(2)?, table(3)?], indices: [index(4)?, index(5)?] })
 }
 
 /// Threads per block of the dequantization kernels (eight per super-block).

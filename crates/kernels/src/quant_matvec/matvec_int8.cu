@@ -195,6 +195,7 @@ struct Q8xMatrices {
 
 __device__ __forceinline__ unsigned int blocks_for(unsigned int nrows) { return (nrows + Q8X_WARPS - 1) / Q8X_WARPS; }
 
+
 // The same shared rows from activations the producer already quantized exactly as quantize_rows
 // does (quantize_group8, int8_rows.cuh; the norm before a generation step's Q/K/V and gate/up):
 // xq_in [NCOLS][ncols] int8 and ds_in [NCOLS][ncols / 32] (scale, scaled sum). A copy, no
@@ -220,6 +221,64 @@ __device__ __forceinline__ void q8x_matrix_row(const Q8xMatrix& mat, unsigned in
     else q8x_q6k_row<NCOLS>(mat.w, row, ncols, ds, xq, acc);
 }
 
+// A generation step's Q/K/V launch (m[0], m[1], m[2]) that also does what rope_write_kv does
+// (fused.cu): rotates q and k (rope.cuh) and writes q to q_out [NCOLS][heads * head_dim], k and v
+// to the pool [slots][num_kv_heads][head_dim] at each row's slot; one launch fewer per layer.
+// head_dim = 0: a plain group launch.
+struct RopeKv {
+    void* q_out;
+    void* k_cache;
+    void* v_cache;
+    const float* cos;  // [positions][head_dim / 2]
+    const float* sin;
+    const unsigned int* positions;  // [NCOLS]
+    const unsigned int* slots;      // [NCOLS]
+    unsigned int head_dim;          // a multiple of 8
+    unsigned int num_kv_heads;
+};
+
+// Q and K blocks take rows i .. i + 3 of a head and their partners i + head_dim / 2 .. (warps
+// 0..3 and 4..7), so that a block holds whole pairs; after the products, warps 0..3 rotate them
+// (lane c: activation row c). V blocks take 8 consecutive rows, unrotated.
+template <typename T, int NCOLS>
+__device__ void qkv_rope_rows(const Q8xMatrices& ms, const RopeKv& rope, unsigned int ncols, const float2* ds,
+                              const unsigned char* xq) {
+    __shared__ float products[Q8X_WARPS][NCOLS];  // rounded to T, as rope_write_kv reads them
+    const unsigned int hd = rope.head_dim, half = hd / 2, warp = threadIdx.y;
+    const unsigned int b0 = blocks_for(ms.m[0].nrows), b1 = blocks_for(ms.m[1].nrows);
+    unsigned int block = blockIdx.x;
+    float acc[NCOLS];
+    if (block >= b0 + b1) {
+        const unsigned int row = (block - b0 - b1) * Q8X_WARPS + warp;
+        q8x_matrix_row<NCOLS>(ms.m[2], row, ncols, ds, xq, acc);
+        reduce_and_store_prologue<NCOLS>(acc);
+        if (threadIdx.x == 0)
+            for (int c = 0; c < NCOLS; ++c) {
+                const unsigned long long at = ((unsigned long long)rope.slots[c] * rope.num_kv_heads + row / hd) * hd + row % hd;
+                store((T*)rope.v_cache + at, acc[c]);
+            }
+        return;
+    }
+    const bool is_q = block < b0;
+    if (!is_q) block -= b0;
+    const unsigned int blocks_per_head = half / 4, head = block / blocks_per_head;
+    const unsigned int i = (block % blocks_per_head) * 4 + warp % 4;
+    const unsigned int row = head * hd + i + (warp / 4) * half;
+    q8x_matrix_row<NCOLS>(is_q ? ms.m[0] : ms.m[1], row, ncols, ds, xq, acc);
+    reduce_and_store_prologue<NCOLS>(acc);
+    if (threadIdx.x == 0)
+        for (int c = 0; c < NCOLS; ++c) products[warp][c] = to_f32(round_to<T>(acc[c]));
+    __syncthreads();
+    if (warp >= 4 || threadIdx.x >= NCOLS) return;
+    const unsigned int c = threadIdx.x;
+    const unsigned long long at = (unsigned long long)rope.positions[c] * half + i;
+    const float2 r = rope_rotate(products[warp][c], products[warp + 4][c], rope.cos[at], rope.sin[at]);
+    T* out = is_q ? (T*)rope.q_out + (unsigned long long)c * ms.m[0].nrows + head * hd
+                  : (T*)rope.k_cache + ((unsigned long long)rope.slots[c] * rope.num_kv_heads + head) * hd;
+    store(out + i, r.x);
+    store(out + i + half, r.y);
+}
+
 template <typename T, int NCOLS>
 __device__ void gated_rows(const Q8xMatrix& gate, const Q8xMatrix& up, unsigned int act, unsigned int ncols,
                            const float2* ds, const unsigned char* xq) {
@@ -240,14 +299,19 @@ __device__ void gated_rows(const Q8xMatrix& gate, const Q8xMatrix& up, unsigned 
 // GATED: the gated mode's own entry point, so the plain group kernel keeps its registers.
 // xq_in / ds_in: x already quantized (load_quantized_rows), or null.
 template <typename T, int NCOLS, bool GATED>
-__device__ void matvec_q8x_group(const Q8xMatrices& ms, const T* __restrict__ x, const unsigned char* __restrict__ xq_in,
-                                 const float2* __restrict__ ds_in, unsigned int ncols) {
+__device__ void matvec_q8x_group(const Q8xMatrices& ms, const RopeKv& rope, const T* __restrict__ x,
+                                 const unsigned char* __restrict__ xq_in, const float2* __restrict__ ds_in,
+                                 unsigned int ncols) {
     extern __shared__ float2 ds[];
     unsigned char* xq = (unsigned char*)(ds + NCOLS * (ncols / 32));
     if (xq_in != nullptr) load_quantized_rows<NCOLS>(xq_in, ds_in, ncols, ds, xq);
     else quantize_rows<T, NCOLS>(x, ncols, ds, xq);
     if (GATED) {
         gated_rows<T, NCOLS>(ms.m[0], ms.m[1], ms.gated - 1, ncols, ds, xq);
+        return;
+    }
+    if (rope.head_dim != 0) {
+        qkv_rope_rows<T, NCOLS>(ms, rope, ncols, ds, xq);
         return;
     }
     // This block's matrix, chosen without indexing the parameter array (which would copy it to
@@ -281,7 +345,9 @@ __device__ void matvec_q8x(const unsigned char* __restrict__ w, const T* __restr
     one.m[0].nrows = nrows;
     one.m[0].format = FORMAT;
     one.count = 1;
-    matvec_q8x_group<T, NCOLS, false>(one, x, nullptr, nullptr, ncols);
+    RopeKv no_rope;
+    no_rope.head_dim = 0;
+    matvec_q8x_group<T, NCOLS, false>(one, no_rope, x, nullptr, nullptr, ncols);
 }
 
 #define Q8X_KERNEL(FMT, FORMAT, SUFFIX, T, N)                                                         \
@@ -290,15 +356,17 @@ __device__ void matvec_q8x(const unsigned char* __restrict__ w, const T* __restr
         matvec_q8x<T, N, FORMAT>(w, x, y, nrows, ncols);                                              \
     }
 #define Q8X_GROUP_KERNEL(SUFFIX, T, N)                                                                \
-    extern "C" __global__ void Q8X_BOUNDS_##N matvec_q8x_group_##SUFFIX##_##N(Q8xMatrices matrices, const T* x,      \
-                                                                 const unsigned char* xq_in,          \
-                                                                 const float2* ds_in, unsigned int ncols) { \
-        matvec_q8x_group<T, N, false>(matrices, x, xq_in, ds_in, ncols);                              \
+    extern "C" __global__ void Q8X_BOUNDS_##N matvec_q8x_group_##SUFFIX##_##N(                       \
+        Q8xMatrices matrices, RopeKv rope, const T* x, const unsigned char* xq_in, const float2* ds_in, \
+        unsigned int ncols) {                                                                         \
+        matvec_q8x_group<T, N, false>(matrices, rope, x, xq_in, ds_in, ncols);                        \
     }                                                                                                 \
-    extern "C" __global__ void Q8X_BOUNDS_##N matvec_q8x_gated_##SUFFIX##_##N(Q8xMatrices matrices, const T* x,      \
-                                                                 const unsigned char* xq_in,          \
-                                                                 const float2* ds_in, unsigned int ncols) { \
-        matvec_q8x_group<T, N, true>(matrices, x, xq_in, ds_in, ncols);                               \
+    extern "C" __global__ void Q8X_BOUNDS_##N matvec_q8x_gated_##SUFFIX##_##N(                       \
+        Q8xMatrices matrices, const T* x, const unsigned char* xq_in, const float2* ds_in,            \
+        unsigned int ncols) {                                                                         \
+        RopeKv no_rope;                                                                               \
+        no_rope.head_dim = 0;                                                                         \
+        matvec_q8x_group<T, N, true>(matrices, no_rope, x, xq_in, ds_in, ncols);                      \
     }
 #define Q8X_ALL(SUFFIX, T, N) \
     Q8X_KERNEL(q4k, FORMAT_Q4K, SUFFIX, T, N) Q8X_KERNEL(q6k, FORMAT_Q6K, SUFFIX, T, N) Q8X_GROUP_KERNEL(SUFFIX, T, N)

@@ -26,6 +26,7 @@ pub const CUDA_SOURCE: &str = concat!(
     include_str!("../activation.cuh"),
     include_str!("../ggml_blocks.cuh"),
     include_str!("../int8_rows.cuh"),
+    include_str!("../rope.cuh"),
     include_str!("matvec.cu"),
     include_str!("matvec_int8.cu"),
     include_str!("dequant.cu")
@@ -141,6 +142,45 @@ pub fn quant_matvec_gated(
     {
         let _ = (gate, up, x, act);
         Err(crate::KernelError::InvalidMetadata("quant_matvec_gated needs the cuda feature".into()))
+    }
+}
+
+/// What a Q/K/V launch also does with its products ([`quant_matvec_qkv_rope`]): what
+/// [`crate::fused::rope_write_kv`] does, rotate q and k and write k and v to the pool
+/// (`[num_blocks, block_size, kv_heads, head_dim]`) at each row's slot.
+pub struct QkvRope<'a> {
+    pub rope: &'a crate::fused::RopeKvInputs<'a>,
+    pub k_cache: &'a Tensor,
+    pub v_cache: &'a Tensor,
+    pub head_dim: usize,
+}
+
+/// Whether [`quant_matvec_qkv_rope`] handles Q/K/V `ws` times `x` with heads of `head_dim`
+/// (a multiple of 8, so that a block of 8 rows holds 4 whole rotation pairs).
+pub fn qkv_rope_supported(ws: [&QTensor; 3], x: &Tensor, head_dim: usize) -> bool {
+    let heights = ws.map(|w| w.shape().dims()[0]);
+    group_supported(&ws, x)
+        && head_dim > 0
+        && head_dim.is_multiple_of(8)
+        && heights[0].is_multiple_of(head_dim)
+        && heights[1] == heights[2]
+        && heights[1].is_multiple_of(head_dim)
+}
+
+/// The Q, K, V products of a generation step and, in the same launch, what
+/// [`crate::fused::rope_write_kv`] does with them: q rotated `[rows, heads, head_dim]` (the same
+/// bits as the grouped products then `rope_write_kv`; k and v in the pool too). `int8` as for
+/// [`quant_matvec_group`]. Call only where [`qkv_rope_supported`] holds.
+pub fn quant_matvec_qkv_rope(ws: [&QTensor; 3], x: &Tensor, int8: Option<&Int8Rows>, rope: &QkvRope) -> Result<Tensor> {
+    check_int8_rows(x, int8)?;
+    #[cfg(feature = "cuda")]
+    {
+        cuda::quant_matvec_qkv_rope(ws, x, int8, rope)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (ws, x, rope);
+        Err(crate::KernelError::InvalidMetadata("quant_matvec_qkv_rope needs the cuda feature".into()))
     }
 }
 
