@@ -20,6 +20,12 @@ eval "$(bash scripts/cuda-toolkit.sh)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hearth/target-cuda}"
 OUT=.device-bin
 mkdir -p "$OUT"
+# scripts/test.sh's CUDA check (CI, and fresh-clone runs of it) builds the same packages into the
+# same directory from another checkout. Cargo names a workspace member's artifacts by package,
+# not by path, so after such a run this checkout's older source times made the clone's artifacts
+# look fresh, and a test binary without this checkout's newest tests was packed. Newer times on
+# our own sources make cargo rebuild hearth's crates (not the dependencies) from this checkout.
+find crates -type f \( -name '*.rs' -o -name '*.cu' -o -name '*.cuh' \) -exec touch {} +
 
 log() { echo "[cuda-build] $*" >&2; }
 
