@@ -61,7 +61,7 @@ struct DenseMatrix {
     unsigned int unused;
 };
 
-// Blocks [0, blocks(m[0])) take m[0]'s rows, the next m[1]'s, then m[2]'s. Gated (gated = 1 +
+// Blocks take m[0]'s rows, then m[1]'s, then m[2]'s (group_launch.cuh). Gated (gated = 1 +
 // the activation of activation.cuh, count = 2): m[0] is the gate and m[1] the up projection of
 // one height; each warp computes both rows and writes act(gate) * up to m[0].y, the two products
 // rounded to T first, as the separate gated_act kernel receives them (the same bits).
@@ -70,10 +70,6 @@ struct DenseMatrices {
     unsigned int count;
     unsigned int gated;
 };
-
-__device__ __forceinline__ unsigned int dense_blocks(unsigned int nrows) {
-    return (nrows + DENSE_ROWS_PER_BLOCK - 1) / DENSE_ROWS_PER_BLOCK;
-}
 
 template <typename T, int NCOLS>
 __device__ void dense_matvec_group(const DenseMatrices& ms, const T* __restrict__ x, unsigned int ncols) {
@@ -90,20 +86,8 @@ __device__ void dense_matvec_group(const DenseMatrices& ms, const T* __restrict_
             }
         return;
     }
-    // This block's matrix, chosen without indexing the parameter array (which would copy it to
-    // local memory).
-    const unsigned int b0 = dense_blocks(ms.m[0].nrows), b1 = dense_blocks(ms.m[1].nrows);
-    unsigned int block = blockIdx.x;
-    DenseMatrix mat;
-    if (ms.count < 2 || block < b0) {
-        mat = ms.m[0];
-    } else if (ms.count < 3 || block < b0 + b1) {
-        mat = ms.m[1];
-        block -= b0;
-    } else {
-        mat = ms.m[2];
-        block -= b0 + b1;
-    }
+    unsigned int block;
+    const DenseMatrix mat = group_block_matrix<DenseMatrix, DENSE_ROWS_PER_BLOCK>(ms.m[0], ms.m[1], ms.m[2], ms.count, &block);
     const unsigned int row = block * DENSE_ROWS_PER_BLOCK + threadIdx.y;
     if (row >= mat.nrows) return;
     float acc[NCOLS];

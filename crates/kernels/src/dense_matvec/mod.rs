@@ -19,7 +19,7 @@ use candle_core::{DType, Tensor};
 use crate::Result;
 
 /// CUDA C source of the kernels.
-pub const CUDA_SOURCE: &str = concat!(include_str!("../dtypes.cuh"), include_str!("../activation.cuh"), include_str!("dense_matvec.cu"));
+pub const CUDA_SOURCE: &str = concat!(include_str!("../dtypes.cuh"), include_str!("../activation.cuh"), include_str!("../group_launch.cuh"), include_str!("dense_matvec.cu"));
 
 /// Most activation rows one launch takes (kernels are instantiated for 1..=8).
 pub const MAX_ROWS: usize = 8;

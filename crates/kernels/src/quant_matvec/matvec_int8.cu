@@ -314,20 +314,8 @@ __device__ void matvec_q8x_group(const Q8xMatrices& ms, const RopeKv& rope, cons
         qkv_rope_rows<T, NCOLS>(ms, rope, ncols, ds, xq);
         return;
     }
-    // This block's matrix, chosen without indexing the parameter array (which would copy it to
-    // local memory).
-    const unsigned int b0 = blocks_for(ms.m[0].nrows), b1 = blocks_for(ms.m[1].nrows);
-    unsigned int block = blockIdx.x;
-    Q8xMatrix mat;
-    if (ms.count < 2 || block < b0) {
-        mat = ms.m[0];
-    } else if (ms.count < 3 || block < b0 + b1) {
-        mat = ms.m[1];
-        block -= b0;
-    } else {
-        mat = ms.m[2];
-        block -= b0 + b1;
-    }
+    unsigned int block;
+    const Q8xMatrix mat = group_block_matrix<Q8xMatrix, Q8X_WARPS>(ms.m[0], ms.m[1], ms.m[2], ms.count, &block);
     const unsigned int row = block * Q8X_WARPS + threadIdx.y;
     if (row >= mat.nrows) return;
     float acc[NCOLS];

@@ -27,6 +27,7 @@ pub const CUDA_SOURCE: &str = concat!(
     include_str!("../ggml_blocks.cuh"),
     include_str!("../int8_rows.cuh"),
     include_str!("../rope.cuh"),
+    include_str!("../group_launch.cuh"),
     include_str!("matvec.cu"),
     include_str!("matvec_int8.cu"),
     include_str!("dequant.cu")
