@@ -195,7 +195,6 @@ struct Q8xMatrices {
 
 __device__ __forceinline__ unsigned int blocks_for(unsigned int nrows) { return (nrows + Q8X_WARPS - 1) / Q8X_WARPS; }
 
-
 // The same shared rows from activations the producer already quantized exactly as quantize_rows
 // does (quantize_group8, int8_rows.cuh; the norm before a generation step's Q/K/V and gate/up):
 // xq_in [NCOLS][ncols] int8 and ds_in [NCOLS][ncols / 32] (scale, scaled sum). A copy, no
@@ -243,6 +242,7 @@ struct RopeKv {
 template <typename T, int NCOLS>
 __device__ void qkv_rope_rows(const Q8xMatrices& ms, const RopeKv& rope, unsigned int ncols, const float2* ds,
                               const unsigned char* xq) {
+    static_assert(Q8X_WARPS == 8, "a block holds 4 rotation pairs: rows of warps w and w + 4");
     __shared__ float products[Q8X_WARPS][NCOLS];  // rounded to T, as rope_write_kv reads them
     const unsigned int hd = rope.head_dim, half = hd / 2, warp = threadIdx.y;
     const unsigned int b0 = blocks_for(ms.m[0].nrows), b1 = blocks_for(ms.m[1].nrows);
