@@ -11,7 +11,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaStream, CudaView, LaunchArgs};
 use candle_core::cuda_backend::cudarc::nvrtc::{self, CompileOptions, Ptx};
 use candle_core::cuda_backend::CudaDType;
-use candle_core::{CudaStorage, Layout, Storage};
+use candle_core::{CudaStorage, Layout, Storage, Tensor};
 
 /// One CUDA C source file and its compiled PTX.
 pub struct CudaModule {
@@ -129,4 +129,18 @@ pub fn cuda_operand<'a>(storage: &'a Storage, layout: &'a Layout, op: &str) -> c
         Storage::Cuda(s) => Ok((s, layout)),
         _ => candle_core::bail!("{op}: every operand must be on the GPU"),
     }
+}
+
+/// A grouped launch's flat output (matrix i's `[rows, nᵢ]` block at `rows * Σ_{j<i} nⱼ`) split
+/// into one `[rows, nᵢ]` tensor per matrix, `heights` = the nᵢ in launch order.
+pub fn split_group_output(flat: &Tensor, rows: usize, heights: impl IntoIterator<Item = usize>) -> candle_core::Result<Vec<Tensor>> {
+    let mut offset = 0;
+    heights
+        .into_iter()
+        .map(|n| {
+            let out = flat.narrow(0, offset, rows * n)?.reshape((rows, n))?;
+            offset += rows * n;
+            Ok(out)
+        })
+        .collect()
 }

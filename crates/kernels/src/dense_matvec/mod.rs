@@ -68,17 +68,9 @@ pub fn group_supported(ws: &[&Tensor], x: &Tensor) -> bool {
 pub fn dense_matvec_group(ws: &[&Tensor], x: &Tensor) -> Result<Vec<Tensor>> {
     #[cfg(feature = "cuda")]
     {
-        let rows = x.dim(0)?;
         let flat = cuda::dense_matvec_group(ws, x, None)?;
-        let mut offset = 0;
-        ws.iter()
-            .map(|w| {
-                let n = w.dim(0)?;
-                let out = flat.narrow(0, offset, rows * n)?.reshape((rows, n))?;
-                offset += rows * n;
-                Ok(out)
-            })
-            .collect()
+        let heights = ws.iter().map(|w| w.dim(0)).collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(crate::nvrtc::split_group_output(&flat, x.dim(0)?, heights)?)
     }
     #[cfg(not(feature = "cuda"))]
     {

@@ -193,6 +193,10 @@ fn f32_stream_norm(
     Ok((wrap(normed, &[rows, hidden]), sum.map(|sum| wrap(sum, &[rows, hidden])), int8))
 }
 
+/// A norm launch's outputs: the normed rows, the sum (the adding kernel), the int8 values and
+/// scales (when asked for).
+type NormStorages = (CudaStorage, Option<CudaStorage>, Option<(CudaStorage, CudaStorage)>);
+
 fn launch_f32_stream_norm<T: CudaDType + DeviceRepr>(
     eps: f32,
     x: Option<Operand>,
@@ -201,7 +205,7 @@ fn launch_f32_stream_norm<T: CudaDType + DeviceRepr>(
     rows: usize,
     hidden: usize,
     int8: bool,
-) -> candle_core::Result<(CudaStorage, Option<CudaStorage>, Option<(CudaStorage, CudaStorage)>)> {
+) -> candle_core::Result<NormStorages> {
     let chunks = hidden / 8;
     if w.0.dtype() == DType::F32 || !hidden.is_multiple_of(8) || chunks > NORM_CHUNKS * 1024 || rows == 0 {
         candle_core::bail!("add_rms_norm_f32_residual: {rows} rows of {hidden} {:?}", w.0.dtype());

@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Sha
 
 use super::{int8_shared_bytes, uses_int8_activations, Int8Rows, QkvRope, CUDA_SOURCE, MAX_GROUP};
 use crate::fused::GatedActivation;
-use crate::nvrtc::{contiguous_view, cuda_operand, CudaModule};
+use crate::nvrtc::{contiguous_view, cuda_operand, split_group_output, CudaModule};
 use crate::Result;
 
 pub static MODULE: CudaModule = CudaModule::new("hearth_quant_matvec", "matvec.cu", CUDA_SOURCE);
@@ -214,9 +214,9 @@ impl QuantMatvecGroup<'_> {
             blocks = (total_n as u32).div_ceil(Q8X_ROWS_PER_BLOCK);
             group.m[1].y = group.m[0].y;
         }
-        let rope_guards = self.rope.map(|rope| rope.tensors().map(|t| t.storage_and_layout()));
+        let rope_guards = self.rope.map(|rope| (rope.head_dim, rope.tensors().map(|t| t.storage_and_layout())));
         let rope_views = match &rope_guards {
-            Some(guards) => Some(rope_views::<T, _>(guards, &heights, rows, self.rope.map_or(0, |r| r.head_dim))?),
+            Some((head_dim, guards)) => Some(rope_views::<T, _>(guards, &heights, rows, *head_dim)?),
             None => None,
         };
         let rope_ptrs = rope_views.as_ref().map(|views| views.pointers(&stream));
@@ -279,15 +279,7 @@ pub fn quant_matvec_group(ws: &[&QTensor], x: &Tensor, int8: Option<&Int8Rows>) 
     let x = x.contiguous()?;
     let rows = x.dim(0)?;
     let flat = x.apply_op1_no_bwd(&QuantMatvecGroup { ws, gated: None, int8, rope: None })?;
-    let mut offset = 0;
-    ws.iter()
-        .map(|w| {
-            let n = w.shape().dims()[0];
-            let out = flat.narrow(0, offset, rows * n)?.reshape((rows, n))?;
-            offset += rows * n;
-            Ok(out)
-        })
-        .collect()
+    Ok(split_group_output(&flat, rows, ws.iter().map(|w| w.shape().dims()[0]))?)
 }
 
 pub fn quant_matvec_gated(gate: &QTensor, up: &QTensor, x: &Tensor, act: GatedActivation, int8: Option<&Int8Rows>) -> Result<Tensor> {

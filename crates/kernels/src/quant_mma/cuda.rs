@@ -11,7 +11,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape, Tensor};
 
 use super::{CUDA_SOURCE, MAX_GROUP, TOKENS_PER_TILE};
-use crate::nvrtc::{contiguous_view, CudaModule};
+use crate::nvrtc::{contiguous_view, split_group_output, CudaModule};
 use crate::Result;
 
 /// `mma.sync` with BF16 operands, `fma.rn.bf16x2` and `cp.async` need PTX for compute capability 8.0.
@@ -226,14 +226,7 @@ pub fn quant_mma_group(ws: &[&QTensor], x: &Tensor) -> Result<Vec<Tensor>> {
     let x = x.contiguous()?;
     let rows = x.dim(0)?;
     let flat = x.apply_op1_no_bwd(&QuantMma { ws })?;
-    let mut offset = 0;
-    let mut outputs = Vec::with_capacity(ws.len());
-    for w in ws {
-        let n = w.shape().dims2()?.0;
-        outputs.push(flat.narrow(0, offset, rows * n)?.reshape((rows, n))?);
-        offset += rows * n;
-    }
-    Ok(outputs)
+    Ok(split_group_output(&flat, rows, ws.iter().map(|w| w.shape().dims()[0]))?)
 }
 
 pub fn dense_mma(w: &Tensor, x: &Tensor) -> Result<Tensor> {
