@@ -5,9 +5,9 @@
 //! through `hearth_kernels::paged_attention`.
 
 use candle_core::Tensor;
-use hearth_kernels::fused::{self, RopeKvInputs};
+use hearth_kernels::fused::{self, QkvRope, RopeKvInputs};
 use hearth_kernels::paged_attention::{paged_attention_with, split::SplitChoice};
-use hearth_kernels::quant_matvec::{Int8Rows, QkvRope};
+use hearth_kernels::quant_matvec::Int8Rows;
 use hearth_kernels::{paged_attention, prefill_attention, write_kv, AttentionLayout, SequenceSpan};
 
 use crate::forward_batch::ForwardBatch;

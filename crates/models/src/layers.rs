@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
-use hearth_kernels::fused::{self, GatedActivation};
-use hearth_kernels::quant_matvec::{Int8Rows, QkvRope};
+use hearth_kernels::fused::{self, GatedActivation, QkvRope};
+use hearth_kernels::quant_matvec::Int8Rows;
 use hearth_kernels::{dense_matvec, quant_matvec, quant_mma, QuantizedMatrix};
 
 use crate::config::{Activation, ModelConfig, RopeScaling};
@@ -334,17 +334,24 @@ impl Linear {
         self.weight.out_features()
     }
 
-    /// Q, K and V of a generation step on a GPU, when they are bias-free int8 matvecs: the
-    /// products, and what `fused::rope_write_kv` does with them (`target`), in one launch —
-    /// q rotated, `[rows, heads, head_dim]`; `None` where that launch does not apply.
+    /// Q, K and V of a generation step on a GPU, when they are bias-free int8 or dense BF16/F16
+    /// matvecs: the products, and what `fused::rope_write_kv` does with them (`target`), in one
+    /// launch — q rotated, `[rows, heads, head_dim]`; `None` where that launch does not apply.
     pub fn qkv_rope(linears: [&Linear; 3], x: &Tensor, int8: Option<&Int8Rows>, target: &QkvRope) -> Result<Option<Tensor>> {
-        let weights: Option<Vec<&QTensor>> = linears.iter().map(|linear| linear.candle_qtensor()).collect();
-        let Some([q, k, v]) = weights.and_then(|ws| <[&QTensor; 3]>::try_from(ws).ok()) else { return Ok(None) };
         // batch-invariant mode: the batched products' path for every batch size
-        if linears.iter().any(|linear| linear.bias.is_some()) || numerics::batch_invariant() || quant_mma_rows(x)? {
+        if linears.iter().any(|linear| linear.bias.is_some()) || numerics::batch_invariant() {
             return Ok(None);
         }
-        if !quant_matvec::qkv_rope_supported([q, k, v], x, target.head_dim) || target.k_cache.dtype() != x.dtype() {
+        let dense: Option<Vec<&Tensor>> = linears.iter().map(|linear| linear.dense_weight()).collect();
+        if let Some([q, k, v]) = dense.and_then(|ws| <[&Tensor; 3]>::try_from(ws).ok()) {
+            if !dense_matvec::qkv_rope_supported([q, k, v], x, target) {
+                return Ok(None);
+            }
+            return Ok(Some(dense_matvec::dense_matvec_qkv_rope([q, k, v], x, target)?));
+        }
+        let weights: Option<Vec<&QTensor>> = linears.iter().map(|linear| linear.candle_qtensor()).collect();
+        let Some([q, k, v]) = weights.and_then(|ws| <[&QTensor; 3]>::try_from(ws).ok()) else { return Ok(None) };
+        if quant_mma_rows(x)? || !quant_matvec::qkv_rope_supported([q, k, v], x, target.head_dim) || target.k_cache.dtype() != x.dtype() {
             return Ok(None);
         }
         Ok(Some(quant_matvec::quant_matvec_qkv_rope([q, k, v], x, int8, target)?))

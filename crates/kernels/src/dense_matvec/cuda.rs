@@ -7,7 +7,8 @@ use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor};
 
 use super::{CUDA_SOURCE, MAX_GROUP, MAX_ROWS};
-use crate::fused::GatedActivation;
+use crate::fused::qkv_rope_launch::{rope_views, RopeKvArgs};
+use crate::fused::{GatedActivation, QkvRope};
 use crate::nvrtc::{contiguous_view, cuda_operand, CudaModule, Operand};
 use crate::Result;
 
@@ -89,9 +90,21 @@ struct GroupMatrices {
 // SAFETY: plain old data with the C layout of `DenseMatrices`.
 unsafe impl DeviceRepr for GroupMatrices {}
 
+/// What a grouped launch does besides its products.
+#[derive(Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// Each matrix's products as they are.
+    Plain,
+    /// Gate and up: `act(gate) * up`.
+    Gated(GatedActivation),
+    /// Q, K, V: q rotated is the output, k rotated and v go to the pool.
+    Rope(&'a QkvRope<'a>),
+}
+
 /// `x Wᵢᵀ` for every matrix of `ws` in one launch, flat `[rows * Σ nᵢ]` (matrix i's `[rows, nᵢ]`
-/// block at `rows * Σ_{j<i} nⱼ`); gated (`ws` = [gate, up]): `act(x gateᵀ) * (x upᵀ)`, `[rows, n]`.
-pub fn dense_matvec_group(ws: &[&Tensor], x: &Tensor, gated: Option<GatedActivation>) -> Result<Tensor> {
+/// block at `rows * Σ_{j<i} nⱼ`); gated (`ws` = [gate, up]): `act(x gateᵀ) * (x upᵀ)`, `[rows, n]`;
+/// rotating (`ws` = [Q, K, V]): q rotated, `[rows, n_q]`.
+pub fn dense_matvec_group(ws: &[&Tensor], x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
     let x = x.contiguous()?;
     let (rows, _) = x.dims2()?;
     let x_guard = x.storage_and_layout();
@@ -99,21 +112,32 @@ pub fn dense_matvec_group(ws: &[&Tensor], x: &Tensor, gated: Option<GatedActivat
     let x_operand = cuda_operand(&x_guard.0, x_guard.1, "dense_matvec_group")?;
     let w_operands = w_guards.iter().map(|(s, l)| cuda_operand(s, l, "dense_matvec_group")).collect::<candle_core::Result<Vec<_>>>()?;
     let (storage, n) = match x.dtype() {
-        DType::BF16 => launch_group::<half::bf16>(&w_operands, x_operand, gated, "bf16")?,
-        DType::F16 => launch_group::<half::f16>(&w_operands, x_operand, gated, "f16")?,
+        DType::BF16 => launch_group::<half::bf16>(&w_operands, x_operand, epilogue, "bf16")?,
+        DType::F16 => launch_group::<half::f16>(&w_operands, x_operand, epilogue, "f16")?,
         other => return Err(candle_core::Error::Msg(format!("dense_matvec_group: activations must be BF16 or F16, got {other:?}")).into()),
     };
-    let shape = if gated.is_some() { Shape::from((rows, n)) } else { Shape::from(rows * n) };
+    let shape = match epilogue {
+        Epilogue::Plain => Shape::from(rows * n),
+        Epilogue::Gated(_) | Epilogue::Rope(_) => Shape::from((rows, n)),
+    };
     Ok(Tensor::from_storage(Storage::Cuda(storage), shape, BackpropOp::none(), false))
 }
 
-/// The launch: its output and the output's width (Σ nᵢ, or n when gated).
+/// The launch: its output and the output's width (Σ nᵢ; n when gated; Q's height when rotating).
 fn launch_group<T: CudaDType + DeviceRepr>(
     ws: &[Operand],
     x: Operand,
-    gated: Option<GatedActivation>,
+    epilogue: Epilogue,
     suffix: &str,
 ) -> candle_core::Result<(CudaStorage, usize)> {
+    let gated = match epilogue {
+        Epilogue::Gated(act) => Some(act),
+        _ => None,
+    };
+    let rope = match epilogue {
+        Epilogue::Rope(rope) => Some(rope),
+        _ => None,
+    };
     let (rows, k) = x.1.shape().dims2()?;
     if !(1..=MAX_GROUP).contains(&ws.len()) || !k.is_multiple_of(8) || !(1..=MAX_ROWS).contains(&rows) {
         candle_core::bail!("dense_matvec_group: {} matrices, activations {rows}x{k}", ws.len());
@@ -128,9 +152,9 @@ fn launch_group<T: CudaDType + DeviceRepr>(
     let xv = contiguous_view::<T>(x.0, x.1, "dense_matvec_group: activations")?;
     let dev = x.0.device().clone();
     let stream = dev.cuda_stream();
-    let total_n: usize = if gated.is_some() { heights[0] } else { heights.iter().sum() };
-    // SAFETY: every element is written (one warp per output row of every matrix, or per gate/up
-    // row pair).
+    let total_n: usize = if gated.is_some() || rope.is_some() { heights[0] } else { heights.iter().sum() };
+    // SAFETY: every element is written (one warp per output row of every matrix, per gate/up row
+    // pair, or per row of Q).
     let out = unsafe { dev.alloc::<T>(rows * total_n)? };
     let (base, out_guard) = out.device_ptr(&stream);
     let views = ws.iter().map(|w| contiguous_view::<T>(w.0, w.1, "dense_matvec_group: weight")).collect::<candle_core::Result<Vec<_>>>()?;
@@ -151,16 +175,31 @@ fn launch_group<T: CudaDType + DeviceRepr>(
     if gated.is_some() {
         // both matrices' rows in the same blocks, the result where the gate's would go
         blocks = (total_n as u32).div_ceil(ROWS_PER_BLOCK);
+        group.m[1].y = group.m[0].y;
+    }
+    let rope_guards = rope.map(|rope| (rope.head_dim, rope.tensors().map(|t| t.storage_and_layout())));
+    let rope_views = match &rope_guards {
+        Some((head_dim, guards)) => Some(rope_views::<T, _>(guards, &heights, rows, *head_dim)?),
+        None => None,
+    };
+    let rope_ptrs = rope_views.as_ref().map(|views| views.pointers(&stream));
+    let mut rope_args = RopeKvArgs::default();
+    if let (Some(rope), Some((ptrs, _))) = (rope, &rope_ptrs) {
+        // q's rotated rows are the output; k's and v's rows go to the pool only
+        (group.m[1].y, group.m[2].y) = (0, 0);
+        rope_args = RopeKvArgs::new(rope, ptrs, group.m[0].y, heights[1]);
     }
     let func = MODULE.function(x.0, &format!("dense_matvec_group_{suffix}_{rows}"))?;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (32, ROWS_PER_BLOCK, 1), shared_mem_bytes: 0 };
     let k_u32 = k as u32;
     let mut b = func.builder();
-    b.arg(&group).arg(&xv).arg(&k_u32);
+    b.arg(&group).arg(&rope_args).arg(&xv).arg(&k_u32);
     // SAFETY: arguments match `dense_matvec_group_*`; each weight pointer covers its n x k
     // elements, each output pointer its rows x n elements inside `out` (gated: one output); xv is
-    // rows x k; every pointer 16-byte aligned (offsets checked above, k a multiple of 8).
+    // rows x k; every pointer 16-byte aligned (offsets checked above, k a multiple of 8). With
+    // rope: the pool, tables, positions and slots as `rope_views` checked them (q's output alone
+    // in `out`); positions index the tables and slots the pool as for `rope_write_kv`.
     unsafe { b.launch(cfg) }.w()?;
-    drop((out_guard, weight_guards));
+    drop((out_guard, weight_guards, rope_ptrs));
     Ok((CudaStorage::wrap_cuda_slice(out, dev), total_n))
 }

@@ -5,8 +5,9 @@
 // cover DRAM latency; the activations (a few KiB) come from L1/L2.
 //
 // Grouped launches (dense_matvec_group_*) take up to three matrices of one width against the same
-// activations (Q/K/V), or a gated MLP's gate and up projections with the activation applied in
-// the epilogue (the same kernel, gated): one launch instead of three, or of two plus gated_act. In
+// activations (Q/K/V, optionally rotated and written to the KV pool as rope_write_kv does), or a
+// gated MLP's gate and up projections with the activation applied in the epilogue (the same
+// kernel, gated): one launch instead of three, or of two plus gated_act. In
 // a batch-1 step of a small model each launch costs microseconds of ramp and tail, as much as
 // reading a small matrix.
 
@@ -71,8 +72,15 @@ struct DenseMatrices {
     unsigned int gated;
 };
 
+// With rope.head_dim != 0: Q, K, V (m[0..3]) rotated and written as rope_write_kv does
+// (qkv_rope.cuh); q is the output.
 template <typename T, int NCOLS>
-__device__ void dense_matvec_group(const DenseMatrices& ms, const T* __restrict__ x, unsigned int ncols) {
+__device__ void dense_matvec_group(const DenseMatrices& ms, const RopeKv& rope, const T* __restrict__ x, unsigned int ncols) {
+    if (rope.head_dim != 0) {
+        const auto products = [&](const DenseMatrix& m, unsigned int row, float* acc) { dense_row<T, NCOLS>((const T*)m.w, x, row, ncols, acc); };
+        qkv_rope_rows<T, NCOLS, DENSE_ROWS_PER_BLOCK>(ms.m[0], ms.m[1], ms.m[2], rope, products);
+        return;
+    }
     if (ms.gated != 0) {
         const unsigned int row = blockIdx.x * DENSE_ROWS_PER_BLOCK + threadIdx.y;
         if (row >= ms.m[0].nrows) return;
@@ -101,9 +109,9 @@ __device__ void dense_matvec_group(const DenseMatrices& ms, const T* __restrict_
                                                            unsigned int ncols) {                      \
         dense_matvec<T, N>(w, x, y, nrows, ncols);                                                    \
     }                                                                                                 \
-    extern "C" __global__ void dense_matvec_group_##SUFFIX##_##N(DenseMatrices matrices, const T* x,  \
-                                                                 unsigned int ncols) {                \
-        dense_matvec_group<T, N>(matrices, x, ncols);                                                 \
+    extern "C" __global__ void dense_matvec_group_##SUFFIX##_##N(DenseMatrices matrices, RopeKv rope, \
+                                                                 const T* x, unsigned int ncols) {    \
+        dense_matvec_group<T, N>(matrices, rope, x, ncols);                                           \
     }
 #define DENSE_ALL_COLS(SUFFIX, T)                                                                     \
     DENSE_KERNEL(SUFFIX, T, 1) DENSE_KERNEL(SUFFIX, T, 2) DENSE_KERNEL(SUFFIX, T, 3) DENSE_KERNEL(SUFFIX, T, 4) \

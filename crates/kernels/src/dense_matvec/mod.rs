@@ -5,7 +5,8 @@
 //! per lane in flight, F32 accumulation. For one row cuBLAS picks a GEMM kernel that does not
 //! reach the bandwidth a plain streaming kernel does (crates/kernels/PERF.md).
 //! [`dense_matvec_group`] and [`dense_matvec_gated`] run the same rows for up to three matrices
-//! (Q/K/V), or gate and up with the activation, in one launch.
+//! (Q/K/V), or gate and up with the activation, in one launch; [`dense_matvec_qkv_rope`] also
+//! rotates Q/K/V and writes the pool, as `fused::rope_write_kv` does.
 //! [`dense_matvec_reference`] is the F32 product; GPU tests bind the two (`cuda_tests.rs`).
 //! [`supported`] says when the fast path applies; callers use the matmul otherwise.
 
@@ -16,10 +17,18 @@ mod cuda_tests;
 
 use candle_core::{DType, Tensor};
 
+use crate::fused::QkvRope;
 use crate::Result;
 
 /// CUDA C source of the kernels.
-pub const CUDA_SOURCE: &str = concat!(include_str!("../dtypes.cuh"), include_str!("../activation.cuh"), include_str!("../group_launch.cuh"), include_str!("dense_matvec.cu"));
+pub const CUDA_SOURCE: &str = concat!(
+    include_str!("../dtypes.cuh"),
+    include_str!("../activation.cuh"),
+    include_str!("../rope.cuh"),
+    include_str!("../qkv_rope.cuh"),
+    include_str!("../group_launch.cuh"),
+    include_str!("dense_matvec.cu")
+);
 
 /// Most activation rows one launch takes (kernels are instantiated for 1..=8).
 pub const MAX_ROWS: usize = 8;
@@ -68,7 +77,7 @@ pub fn group_supported(ws: &[&Tensor], x: &Tensor) -> bool {
 pub fn dense_matvec_group(ws: &[&Tensor], x: &Tensor) -> Result<Vec<Tensor>> {
     #[cfg(feature = "cuda")]
     {
-        let flat = cuda::dense_matvec_group(ws, x, None)?;
+        let flat = cuda::dense_matvec_group(ws, x, cuda::Epilogue::Plain)?;
         let heights = ws.iter().map(|w| w.dim(0)).collect::<candle_core::Result<Vec<_>>>()?;
         Ok(crate::nvrtc::split_group_output(&flat, x.dim(0)?, heights)?)
     }
@@ -90,12 +99,44 @@ pub fn gated_supported(gate: &Tensor, up: &Tensor, x: &Tensor) -> bool {
 pub fn dense_matvec_gated(gate: &Tensor, up: &Tensor, x: &Tensor, act: crate::fused::GatedActivation) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     {
-        cuda::dense_matvec_group(&[gate, up], x, Some(act))
+        cuda::dense_matvec_group(&[gate, up], x, cuda::Epilogue::Gated(act))
     }
     #[cfg(not(feature = "cuda"))]
     {
         let _ = (gate, up, x, act);
         Err(crate::KernelError::InvalidMetadata("dense_matvec_gated needs the cuda feature".into()))
+    }
+}
+
+/// Whether [`dense_matvec_qkv_rope`] handles Q/K/V `ws` times `x` with heads of `head_dim` (a
+/// multiple of 8, so that a block's rows are whole rotation pairs) into a pool of `x`'s dtype.
+pub fn qkv_rope_supported(ws: [&Tensor; 3], x: &Tensor, rope: &QkvRope) -> bool {
+    let heights = ws.map(|w| w.dims().first().copied().unwrap_or(0));
+    let head_dim = rope.head_dim;
+    group_supported(&ws, x)
+        && head_dim > 0
+        && head_dim.is_multiple_of(8)
+        && heights[0].is_multiple_of(head_dim)
+        && heights[1] == heights[2]
+        && heights[1].is_multiple_of(head_dim)
+        && rope.k_cache.dtype() == x.dtype()
+        && rope.v_cache.dtype() == x.dtype()
+}
+
+/// The Q, K, V products of a generation step and, in the same launch, what
+/// [`crate::fused::rope_write_kv`] does with them: q rotated `[rows, heads, head_dim]`, the same
+/// bits as [`dense_matvec_group`] then `rope_write_kv` (k and v in the pool too). Call only where
+/// [`qkv_rope_supported`] holds.
+pub fn dense_matvec_qkv_rope(ws: [&Tensor; 3], x: &Tensor, rope: &QkvRope) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    {
+        let q = cuda::dense_matvec_group(&ws, x, cuda::Epilogue::Rope(rope))?;
+        Ok(q.reshape((x.dim(0)?, ws[0].dim(0)? / rope.head_dim, rope.head_dim))?)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (ws, x, rope);
+        Err(crate::KernelError::InvalidMetadata("dense_matvec_qkv_rope needs the cuda feature".into()))
     }
 }
 

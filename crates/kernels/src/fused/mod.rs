@@ -14,6 +14,8 @@
 
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(feature = "cuda")]
+pub(crate) mod qkv_rope_launch;
 #[cfg(all(test, feature = "cuda"))]
 mod cuda_tests;
 
@@ -149,6 +151,16 @@ pub struct RopeKvInputs<'a> {
     /// `[num_tokens]` u32.
     pub positions: &'a Tensor,
     pub slot_mapping: &'a Tensor,
+}
+
+/// What a Q/K/V launch also does with its products (`quant_matvec::quant_matvec_qkv_rope`,
+/// `dense_matvec::dense_matvec_qkv_rope`): what [`rope_write_kv`] does, rotate q and k and write
+/// k and v to the pool (`[num_blocks, block_size, kv_heads, head_dim]`) at each row's slot.
+pub struct QkvRope<'a> {
+    pub rope: &'a RopeKvInputs<'a>,
+    pub k_cache: &'a Tensor,
+    pub v_cache: &'a Tensor,
+    pub head_dim: usize,
 }
 
 /// Rotates `q` `[tokens, heads, head_dim]` and `k` `[tokens, kv_heads, head_dim]`, writes the

@@ -2,17 +2,16 @@
 //! blocks by device pointer (the weights stay where candle loaded them, padded as candle pads
 //! them; the kernel reads only `n * k` weights' blocks).
 
-use std::sync::Arc;
-
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaStream, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop};
+use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor};
 
-use super::{int8_shared_bytes, uses_int8_activations, Int8Rows, QkvRope, CUDA_SOURCE, MAX_GROUP};
-use crate::fused::GatedActivation;
+use super::{int8_shared_bytes, uses_int8_activations, Int8Rows, CUDA_SOURCE, MAX_GROUP};
+use crate::fused::qkv_rope_launch::{rope_views, RopeKvArgs};
+use crate::fused::{GatedActivation, QkvRope};
 use crate::nvrtc::{contiguous_view, cuda_operand, split_group_output, CudaModule};
 use crate::Result;
 
@@ -124,24 +123,6 @@ struct GroupMatrices {
 // SAFETY: plain old data with the C layout of `Q8xMatrices`.
 unsafe impl DeviceRepr for GroupMatrices {}
 
-/// The group kernel's rotation arguments (`RopeKv` in matvec_int8.cu); `head_dim` 0: none.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct RopeKvArgs {
-    q_out: u64,
-    k_cache: u64,
-    v_cache: u64,
-    cos: u64,
-    sin: u64,
-    positions: u64,
-    slots: u64,
-    head_dim: u32,
-    num_kv_heads: u32,
-}
-
-// SAFETY: plain old data with the C layout of `RopeKv`.
-unsafe impl DeviceRepr for RopeKvArgs {}
-
 /// `x Wᵢᵀ` for every matrix of the group, one launch; the outputs lie one after the other in a
 /// flat `[rows * Σ nᵢ]` result (matrix i's `[rows, nᵢ]` block at `rows * Σ_{j<i} nⱼ`). Gated:
 /// `ws` = [gate, up] and the one output is `act(x gateᵀ) * (x upᵀ)`, flat `[rows * n]`. With
@@ -224,9 +205,7 @@ impl QuantMatvecGroup<'_> {
         if let (Some(rope), Some((ptrs, _))) = (self.rope, &rope_ptrs) {
             // q's rotated rows are the output; k's and v's rows go to the pool only
             (group.m[1].y, group.m[2].y) = (0, 0);
-            let [k_cache, v_cache, cos, sin, positions, slots] = *ptrs;
-            let (head_dim, num_kv_heads) = (rope.head_dim as u32, (heights[1] / rope.head_dim) as u32);
-            rope_args = RopeKvArgs { q_out: group.m[0].y, k_cache, v_cache, cos, sin, positions, slots, head_dim, num_kv_heads };
+            rope_args = RopeKvArgs::new(rope, ptrs, group.m[0].y, heights[1]);
         }
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
@@ -293,76 +272,6 @@ pub fn quant_matvec_qkv_rope(ws: [&QTensor; 3], x: &Tensor, int8: Option<&Int8Ro
     let (rows, n) = (x.dim(0)?, ws[0].shape().dims()[0]);
     let q = x.apply_op1_no_bwd(&QuantMatvecGroup { ws: &ws, gated: None, int8, rope: Some(rope) })?;
     Ok(q.reshape((rows, n / rope.head_dim, rope.head_dim))?)
-}
-
-impl QkvRope<'_> {
-    /// The tensors a rotating launch reads and writes: k_cache, v_cache, cos, sin, positions,
-    /// slots.
-    fn tensors(&self) -> [&Tensor; 6] {
-        [self.k_cache, self.v_cache, self.rope.cos, self.rope.sin, self.rope.positions, self.rope.slot_mapping]
-    }
-}
-
-/// The rotating launch's operands as views: k_cache, v_cache; cos, sin; positions, slots.
-struct RopeViews<'a, T> {
-    caches: [CudaView<'a, T>; 2],
-    tables: [CudaView<'a, f32>; 2],
-    indices: [CudaView<'a, u32>; 2],
-}
-
-impl<T> RopeViews<'_, T> {
-    /// Device pointers of k_cache, v_cache, cos, sin, positions, slots, and the guards that
-    /// order their use on `stream`.
-    fn pointers<'s>(&'s self, stream: &'s Arc<CudaStream>) -> ([u64; 6], Vec<SyncOnDrop<'s>>) {
-        let ([k, v], [cos, sin], [positions, slots]) = (&self.caches, &self.tables, &self.indices);
-        let pairs = [
-            k.device_ptr(stream),
-            v.device_ptr(stream),
-            cos.device_ptr(stream),
-            sin.device_ptr(stream),
-            positions.device_ptr(stream),
-            slots.device_ptr(stream),
-        ];
-        let ptrs = pairs.each_ref().map(|(ptr, _)| *ptr);
-        (ptrs, pairs.into_iter().map(|(_, guard)| guard).collect())
-    }
-}
-
-/// The views of a rotating Q/K/V launch, checked: Q, K, V heights `heights` of whole heads
-/// (K's and V's the pool's kv heads), `rows` positions and slots, tables of `head_dim / 2`
-/// F32 columns, a pool of `T`.
-fn rope_views<'a, T: CudaDType, G: std::ops::Deref<Target = Storage>>(
-    guards: &'a [(G, &'a Layout); 6],
-    heights: &[usize],
-    rows: usize,
-    head_dim: usize,
-) -> candle_core::Result<RopeViews<'a, T>> {
-    let op = |i: usize| cuda_operand(&guards[i].0, guards[i].1, "quant_matvec_qkv_rope");
-    let pool = op(0)?.1.shape().dims4()?;
-    let (kv_heads, pool_head_dim) = (pool.2, pool.3);
-    let fits = heights.len() == 3
-        && head_dim.is_multiple_of(8)
-        && pool_head_dim == head_dim
-        && heights[0].is_multiple_of(head_dim)
-        && heights[1] == kv_heads * head_dim
-        && heights[2] == heights[1]
-        && op(1)?.1.shape().dims4()? == pool
-        && op(2)?.1.shape().dims2()?.1 == head_dim / 2
-        && op(3)?.1.shape() == op(2)?.1.shape()
-        && op(4)?.1.shape().dims() == [rows]
-        && op(5)?.1.shape().dims() == [rows];
-    if !fits {
-        candle_core::bail!(
-            "quant_matvec_qkv_rope: heights {heights:?}, head_dim {head_dim}, pool {pool:?}, tables {:?}, positions {:?}, slots {:?} do not fit",
-            op(2)?.1.shape(),
-            op(4)?.1.shape(),
-            op(5)?.1.shape()
-        );
-    }
-    let view = |i: usize| op(i).and_then(|(s, l)| contiguous_view::<T>(s, l, "quant_matvec_qkv_rope: pool"));
-    let table = |i: usize| op(i).and_then(|(s, l)| contiguous_view::<f32>(s, l, "quant_matvec_qkv_rope: cos/sin"));
-    let index = |i: usize| op(i).and_then(|(s, l)| contiguous_view::<u32>(s, l, "quant_matvec_qkv_rope: positions/slots"));
-    Ok(RopeViews { caches: [view(0)?, view(1)?], tables: [table(2)?, table(3)?], indices: [index(4)?, index(5)?] })
 }
 
 /// Threads per block of the dequantization kernels (eight per super-block).

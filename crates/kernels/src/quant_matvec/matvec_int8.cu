@@ -220,65 +220,6 @@ __device__ __forceinline__ void q8x_matrix_row(const Q8xMatrix& mat, unsigned in
     else q8x_q6k_row<NCOLS>(mat.w, row, ncols, ds, xq, acc);
 }
 
-// A generation step's Q/K/V launch (m[0], m[1], m[2]) that also does what rope_write_kv does
-// (fused.cu): rotates q and k (rope.cuh) and writes q to q_out [NCOLS][heads * head_dim], k and v
-// to the pool [slots][num_kv_heads][head_dim] at each row's slot; one launch fewer per layer.
-// head_dim = 0: a plain group launch.
-struct RopeKv {
-    void* q_out;
-    void* k_cache;
-    void* v_cache;
-    const float* cos;  // [positions][head_dim / 2]
-    const float* sin;
-    const unsigned int* positions;  // [NCOLS]
-    const unsigned int* slots;      // [NCOLS]
-    unsigned int head_dim;          // a multiple of 8
-    unsigned int num_kv_heads;
-};
-
-// Q and K blocks take rows i .. i + 3 of a head and their partners i + head_dim / 2 .. (warps
-// 0..3 and 4..7), so that a block holds whole pairs; after the products, warps 0..3 rotate them
-// (lane c: activation row c). V blocks take 8 consecutive rows, unrotated.
-template <typename T, int NCOLS>
-__device__ void qkv_rope_rows(const Q8xMatrices& ms, const RopeKv& rope, unsigned int ncols, const float2* ds,
-                              const unsigned char* xq) {
-    static_assert(Q8X_WARPS == 8, "a block holds 4 rotation pairs: rows of warps w and w + 4");
-    __shared__ float products[Q8X_WARPS][NCOLS];  // rounded to T, as rope_write_kv reads them
-    const unsigned int hd = rope.head_dim, half = hd / 2, warp = threadIdx.y;
-    const unsigned int b0 = blocks_for(ms.m[0].nrows), b1 = blocks_for(ms.m[1].nrows);
-    unsigned int block = blockIdx.x;
-    float acc[NCOLS];
-    if (block >= b0 + b1) {
-        const unsigned int row = (block - b0 - b1) * Q8X_WARPS + warp;
-        q8x_matrix_row<NCOLS>(ms.m[2], row, ncols, ds, xq, acc);
-        reduce_and_store_prologue<NCOLS>(acc);
-        if (threadIdx.x == 0)
-            for (int c = 0; c < NCOLS; ++c) {
-                const unsigned long long at = ((unsigned long long)rope.slots[c] * rope.num_kv_heads + row / hd) * hd + row % hd;
-                store((T*)rope.v_cache + at, acc[c]);
-            }
-        return;
-    }
-    const bool is_q = block < b0;
-    if (!is_q) block -= b0;
-    const unsigned int blocks_per_head = half / 4, head = block / blocks_per_head;
-    const unsigned int i = (block % blocks_per_head) * 4 + warp % 4;
-    const unsigned int row = head * hd + i + (warp / 4) * half;
-    q8x_matrix_row<NCOLS>(is_q ? ms.m[0] : ms.m[1], row, ncols, ds, xq, acc);
-    reduce_and_store_prologue<NCOLS>(acc);
-    if (threadIdx.x == 0)
-        for (int c = 0; c < NCOLS; ++c) products[warp][c] = to_f32(round_to<T>(acc[c]));
-    __syncthreads();
-    if (warp >= 4 || threadIdx.x >= NCOLS) return;
-    const unsigned int c = threadIdx.x;
-    const unsigned long long at = (unsigned long long)rope.positions[c] * half + i;
-    const float2 r = rope_rotate(products[warp][c], products[warp + 4][c], rope.cos[at], rope.sin[at]);
-    T* out = is_q ? (T*)rope.q_out + (unsigned long long)c * ms.m[0].nrows + head * hd
-                  : (T*)rope.k_cache + ((unsigned long long)rope.slots[c] * rope.num_kv_heads + head) * hd;
-    store(out + i, r.x);
-    store(out + i + half, r.y);
-}
-
 template <typename T, int NCOLS>
 __device__ void gated_rows(const Q8xMatrix& gate, const Q8xMatrix& up, unsigned int act, unsigned int ncols,
                            const float2* ds, const unsigned char* xq) {
@@ -311,7 +252,11 @@ __device__ void matvec_q8x_group(const Q8xMatrices& ms, const RopeKv& rope, cons
         return;
     }
     if (rope.head_dim != 0) {
-        qkv_rope_rows<T, NCOLS>(ms, rope, ncols, ds, xq);
+        const auto products = [&](const Q8xMatrix& m, unsigned int row, float* acc) {
+            q8x_matrix_row<NCOLS>(m, row, ncols, ds, xq, acc);
+            reduce_and_store_prologue<NCOLS>(acc);
+        };
+        qkv_rope_rows<T, NCOLS, Q8X_WARPS>(ms.m[0], ms.m[1], ms.m[2], rope, products);
         return;
     }
     unsigned int block;

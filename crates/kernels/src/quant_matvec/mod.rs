@@ -18,6 +18,7 @@ mod cuda_tests;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Tensor};
 
+use crate::fused::QkvRope;
 use crate::Result;
 
 /// CUDA C source of the kernels.
@@ -27,6 +28,7 @@ pub const CUDA_SOURCE: &str = concat!(
     include_str!("../ggml_blocks.cuh"),
     include_str!("../int8_rows.cuh"),
     include_str!("../rope.cuh"),
+    include_str!("../qkv_rope.cuh"),
     include_str!("../group_launch.cuh"),
     include_str!("matvec.cu"),
     include_str!("matvec_int8.cu"),
@@ -144,16 +146,6 @@ pub fn quant_matvec_gated(
         let _ = (gate, up, x, act);
         Err(crate::KernelError::InvalidMetadata("quant_matvec_gated needs the cuda feature".into()))
     }
-}
-
-/// What a Q/K/V launch also does with its products ([`quant_matvec_qkv_rope`]): what
-/// [`crate::fused::rope_write_kv`] does, rotate q and k and write k and v to the pool
-/// (`[num_blocks, block_size, kv_heads, head_dim]`) at each row's slot.
-pub struct QkvRope<'a> {
-    pub rope: &'a crate::fused::RopeKvInputs<'a>,
-    pub k_cache: &'a Tensor,
-    pub v_cache: &'a Tensor,
-    pub head_dim: usize,
 }
 
 /// Whether [`quant_matvec_qkv_rope`] handles Q/K/V `ws` times `x` with heads of `head_dim`
