@@ -10,12 +10,12 @@
 //   l = sum exp(s - m), acc[d] = sum exp(s - m) v[d], all F32) to a scratch buffer; the combine
 //   kernel rescales the partials to their common max (log-sum-exp) and writes the output.
 //
-// The inner loop: each warp runs its own online softmax over its share of the positions, one
-// position per lane (warp w of W takes positions begin + w, + W, + 2W, ...), so the loop has no
-// block-wide barrier. A position's score is a warp-wide dot product (lane `lane` holds dims lane,
-// lane + 32, ...: coalesced K reads); the warp reduces its chunk's max and sum, then accumulates its
-// positions' V rows over all dims (lane-strided again). Positions go four at a time through a warp,
-// so four rows' loads are in flight together. At the end the warps' states (max, sum, output) are
+// The inner loop: each warp runs its own online softmax over its share of the positions (warp w
+// of W takes positions begin + w, + W, + 2W, ...; a lane looks up one position's slot), so the
+// loop has no block-wide barrier. A position's score is a warp-wide dot product (lane `lane` holds
+// dims lane, lane + 32, ...: coalesced K reads). Positions go through a warp a group at a time
+// (up to four): the group's K and V rows are loaded together, so all of them are in flight at
+// once, then the warp folds the group's scores and V rows into its running max, sum and output. At the end the warps' states (max, sum, output) are
 // combined in warp order, as the split path's combine kernel does for splits. The order of every
 // sum depends only on the row's own positions and the block's warp count (which the host keeps
 // fixed in batch-invariant mode), never on the other rows of the batch.
@@ -104,10 +104,20 @@ __device__ __forceinline__ AttendState<DPL> attend_start() {
     return s;
 }
 
+// Positions whose K and V rows a warp loads together (all in flight at once): IN_FLIGHT while a
+// lane's share of the rows stays small, fewer for wide heads (registers).
+template <int DPL>
+struct Group {
+    static constexpr int size = DPL <= 4 ? IN_FLIGHT : (DPL == 8 ? 2 : 1);
+};
+
 // Online softmax of the query (lane dims in `q`) over this warp's share of positions [begin, end)
 // of the row's sequence, folded into the warp's `st`: afterwards acc = sum_p exp(s_p -
 // running_max) v_p and running_sum = sum_p exp(s_p - running_max) over the warp's positions. A
-// warp without positions keeps running_max = -inf, running_sum = 0.
+// warp without positions keeps running_max = -inf, running_sum = 0. The warp takes its positions
+// a group (Group<DPL>::size) at a time and loads the group's K and V rows together, so a group
+// costs one memory round trip (K first and V after the scores took two); the running max, sum
+// and output are rescaled once per group.
 template <typename T, int DPL>
 __device__ void attend_range(
     const T* __restrict__ k_cache,
@@ -121,6 +131,7 @@ __device__ void attend_range(
     float scale,
     AttendState<DPL>& st
 ) {
+    constexpr int GROUP = Group<DPL>::size;
     const unsigned int lane = threadIdx.x % 32, warp = threadIdx.x / 32, num_warps = blockDim.x / 32;
     for (unsigned int chunk = begin; chunk < end; chunk += blockDim.x) {
         // The warp's positions in this chunk (count of them warp-uniform, >= 1), the lane's own
@@ -129,18 +140,19 @@ __device__ void attend_range(
         if (first >= end) break;
         const unsigned int count = umin(32u, (end - first + num_warps - 1) / num_warps);
         const unsigned int p = first + lane * num_warps;
-        const bool valid = lane < count;
         const unsigned long long my_slot =
-            valid ? (unsigned long long)r.table[p / block_size] * block_size + p % block_size : 0;
-        float score = NEG_INF;
-        for (unsigned int i = 0; i < count; i += IN_FLIGHT) {
-            float dot[IN_FLIGHT];
+            lane < count ? (unsigned long long)r.table[p / block_size] * block_size + p % block_size : 0;
+        for (unsigned int i = 0; i < count; i += GROUP) {
+            float dot[GROUP];
+            LaneRow<DPL> v[GROUP];
 #pragma unroll
-            for (int u = 0; u < IN_FLIGHT; ++u) {
+            for (int u = 0; u < GROUP; ++u) {
                 const unsigned long long slot = __shfl_sync(0xffffffffu, my_slot, (i + u) % 32);
                 dot[u] = 0.0f;
                 if (i + u < count) {
-                    const LaneRow<DPL> k = load_lane_row<T, DPL>(k_cache + slot * r.row_stride + r.head_offset, head_dim);
+                    const unsigned long long at = slot * r.row_stride + r.head_offset;
+                    const LaneRow<DPL> k = load_lane_row<T, DPL>(k_cache + at, head_dim);
+                    v[u] = load_lane_row<T, DPL>(v_cache + at, head_dim);
 #pragma unroll
                     for (int j = 0; j < DPL; ++j) dot[u] += q.v[j] * k.v[j];
                 }
@@ -148,29 +160,27 @@ __device__ void attend_range(
 #pragma unroll
             for (int o = 16; o > 0; o >>= 1)
 #pragma unroll
-                for (int u = 0; u < IN_FLIGHT; ++u) dot[u] += __shfl_xor_sync(0xffffffffu, dot[u], o);
+                for (int u = 0; u < GROUP; ++u) dot[u] += __shfl_xor_sync(0xffffffffu, dot[u], o);
+            // Every lane holds every score of the group; position i is always in it.
+            float new_max = st.running_max;
 #pragma unroll
-            for (int u = 0; u < IN_FLIGHT; ++u)
-                if (lane == i + u) score = dot[u] * scale;
-        }
-        const float new_max = fmaxf(st.running_max, warp_max(score));
-        const float weight = valid ? expf(score - new_max) : 0.0f;
-        const float correction = expf(st.running_max - new_max);
-        st.running_sum = st.running_sum * correction + warp_sum(weight);
-        st.running_max = new_max;
+            for (int u = 0; u < GROUP; ++u)
+                if (i + u < count) new_max = fmaxf(new_max, dot[u] * scale);
+            const float correction = expf(st.running_max - new_max);
+            float group_sum = 0.0f;
 #pragma unroll
-        for (int j = 0; j < DPL; ++j) st.acc.v[j] *= correction;
-        for (unsigned int i = 0; i < count; i += IN_FLIGHT) {
+            for (int j = 0; j < DPL; ++j) st.acc.v[j] *= correction;
 #pragma unroll
-            for (int u = 0; u < IN_FLIGHT; ++u) {
-                const unsigned long long slot = __shfl_sync(0xffffffffu, my_slot, (i + u) % 32);
-                const float w = __shfl_sync(0xffffffffu, weight, (i + u) % 32);
+            for (int u = 0; u < GROUP; ++u) {
                 if (i + u < count) {
-                    const LaneRow<DPL> v = load_lane_row<T, DPL>(v_cache + slot * r.row_stride + r.head_offset, head_dim);
+                    const float w = expf(dot[u] * scale - new_max);
+                    group_sum += w;
 #pragma unroll
-                    for (int j = 0; j < DPL; ++j) st.acc.v[j] += w * v.v[j];
+                    for (int j = 0; j < DPL; ++j) st.acc.v[j] += w * v[u].v[j];
                 }
             }
+            st.running_sum = st.running_sum * correction + group_sum;
+            st.running_max = new_max;
         }
     }
 }
