@@ -351,7 +351,7 @@ impl Linear {
         }
         let weights: Option<Vec<&QTensor>> = linears.iter().map(|linear| linear.candle_qtensor()).collect();
         let Some([q, k, v]) = weights.and_then(|ws| <[&QTensor; 3]>::try_from(ws).ok()) else { return Ok(None) };
-        if quant_mma_rows(x)? || !quant_matvec::qkv_rope_supported([q, k, v], x, target.head_dim) || target.k_cache.dtype() != x.dtype() {
+        if quant_mma_rows(x)? || !quant_matvec::qkv_rope_supported([q, k, v], x, target) {
             return Ok(None);
         }
         Ok(Some(quant_matvec::quant_matvec_qkv_rope([q, k, v], x, int8, target)?))

@@ -87,55 +87,31 @@ fn unsupported_inputs_are_declined() {
     assert!(!supported(&w, &x(1, DType::BF16).to_device(&Device::Cpu).unwrap()), "CPU activations");
 }
 
-/// The rotating Q/K/V launch gives the same rotated q, K pool and V pool as the grouped products
-/// then `rope_write_kv`, bit for bit, for BF16 and F16 and 1, 2, 3 and 8 rows; shapes it cannot
-/// rotate are declined and a pool of the wrong shape is refused.
+/// The rotating Q/K/V launch equals the grouped products then `rope_write_kv`, bit for bit
+/// (`fused::qkv_rope_launch::tests::check_rotating_launch`).
 #[test]
 fn the_rotating_qkv_launch_equals_the_group_then_rope_write_kv() {
-    use crate::fused::{self, QkvRope, RopeKvInputs};
+    use crate::fused::qkv_rope_launch::tests::{check_rotating_launch, SHAPE};
     let Some(device) = crate::test_gpu() else { return };
-    let (hidden, head_dim, heads, kv_heads, max_positions) = (512, 64, 4, 2, 64);
-    let cos = Tensor::randn(0f32, 1.0, (max_positions, head_dim / 2), &device).unwrap();
-    let sin = Tensor::randn(0f32, 1.0, (max_positions, head_dim / 2), &device).unwrap();
-    for dtype in [DType::BF16, DType::F16] {
-        let matrix = |n: usize| Tensor::randn(0f32, 0.05, (n, hidden), &device).unwrap().to_dtype(dtype).unwrap();
-        let (q, k, v) = (matrix(heads * head_dim), matrix(kv_heads * head_dim), matrix(kv_heads * head_dim));
-        for rows in [1, 2, 3, 8] {
-            let what = format!("{dtype:?} rows {rows}");
-            let x = Tensor::randn(0f32, 1.0, (rows, hidden), &device).unwrap().to_dtype(dtype).unwrap();
-            let positions: Vec<u32> = (0..rows as u32).map(|r| (7 * r + 3) % max_positions as u32).collect();
-            let slots: Vec<u32> = (0..rows as u32).map(|r| 5 * r + 1).collect();
-            let (positions, slots) = (Tensor::new(positions, &device).unwrap(), Tensor::new(slots, &device).unwrap());
-            let rope = RopeKvInputs { cos: &cos, sin: &sin, positions: &positions, slot_mapping: &slots };
-            let pool = || Tensor::zeros((4, 16, kv_heads, head_dim), dtype, &device).unwrap();
-            let (k_fused, v_fused, k_apart, v_apart) = (pool(), pool(), pool(), pool());
-
-            let target = QkvRope { rope: &rope, k_cache: &k_fused, v_cache: &v_fused, head_dim };
-            assert!(qkv_rope_supported([&q, &k, &v], &x, &target), "{what}");
-            let fused_q = dense_matvec_qkv_rope([&q, &k, &v], &x, &target).unwrap();
-            let [gq, gk, gv]: [Tensor; 3] = dense_matvec_group(&[&q, &k, &v], &x).unwrap().try_into().unwrap();
-            let heads_of = |t: &Tensor, n: usize| t.reshape((rows, n, head_dim)).unwrap();
-            let apart_q = fused::rope_write_kv(&heads_of(&gq, heads), &heads_of(&gk, kv_heads), &heads_of(&gv, kv_heads), &rope, &k_apart, &v_apart).unwrap();
-            assert_eq!(fused_q.dims(), [rows, heads, head_dim]);
-            assert_eq!(relative_diff(&fused_q, &apart_q), 0.0, "{what}: rotated q");
-            assert_eq!(relative_diff(&k_fused, &k_apart), 0.0, "{what}: k in the pool");
-            assert_eq!(relative_diff(&v_fused, &v_apart), 0.0, "{what}: v in the pool");
-            let written = |t: &Tensor| t.abs().unwrap().sum_all().unwrap().to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap();
-            assert!(written(&k_fused) > 0.0 && written(&v_fused) > 0.0, "{what}: k and v written");
-        }
-        let x = Tensor::randn(0f32, 1.0, (1, hidden), &device).unwrap().to_dtype(dtype).unwrap();
-        let (positions, slots) = (Tensor::new(&[0u32], &device).unwrap(), Tensor::new(&[0u32], &device).unwrap());
-        let rope = RopeKvInputs { cos: &cos, sin: &sin, positions: &positions, slot_mapping: &slots };
-        let pool = Tensor::zeros((4, 16, kv_heads, head_dim), dtype, &device).unwrap();
-        let target = |head_dim| QkvRope { rope: &rope, k_cache: &pool, v_cache: &pool, head_dim };
-        assert!(!qkv_rope_supported([&q, &k, &v], &x, &target(12)), "heads of a width that is not a multiple of 8");
-        assert!(!qkv_rope_supported([&q, &k, &q], &x, &target(head_dim)), "K and V of different heights");
-        let other_dtype = Tensor::zeros((4, 16, kv_heads, head_dim), DType::F32, &device).unwrap();
-        let f32_pool = QkvRope { rope: &rope, k_cache: &other_dtype, v_cache: &other_dtype, head_dim };
-        assert!(!qkv_rope_supported([&q, &k, &v], &x, &f32_pool), "a pool of another dtype");
-        let wrong_pool = Tensor::zeros((4, 16, kv_heads, head_dim / 2), dtype, &device).unwrap();
-        let wrong = QkvRope { rope: &rope, k_cache: &wrong_pool, v_cache: &wrong_pool, head_dim };
-        let err = dense_matvec_qkv_rope([&q, &k, &v], &x, &wrong).unwrap_err().to_string();
-        assert!(err.contains("do not fit"), "{err}");
-    }
+    let matrices = |dtype: DType| {
+        let matrix = |n: usize| Tensor::randn(0f32, 0.05, (n, SHAPE.hidden), &device).unwrap().to_dtype(dtype).unwrap();
+        [matrix(SHAPE.heads * SHAPE.head_dim), matrix(SHAPE.kv_heads * SHAPE.head_dim), matrix(SHAPE.kv_heads * SHAPE.head_dim)]
+    };
+    let (bf16, f16) = (matrices(DType::BF16), matrices(DType::F16));
+    let of = |x: &Tensor| if x.dtype() == DType::BF16 { &bf16 } else { &f16 };
+    check_rotating_launch(
+        &device,
+        |x, target| {
+            let [q, k, v] = of(x);
+            qkv_rope_supported([q, k, v], x, target)
+        },
+        |x, target| {
+            let [q, k, v] = of(x);
+            dense_matvec_qkv_rope([q, k, v], x, target)
+        },
+        |x| {
+            let [q, k, v] = of(x);
+            dense_matvec_group(&[q, k, v], x).unwrap().try_into().unwrap()
+        },
+    );
 }

@@ -108,19 +108,10 @@ pub fn dense_matvec_gated(gate: &Tensor, up: &Tensor, x: &Tensor, act: crate::fu
     }
 }
 
-/// Whether [`dense_matvec_qkv_rope`] handles Q/K/V `ws` times `x` with heads of `head_dim` (a
-/// multiple of 8, so that a block's rows are whole rotation pairs) into a pool of `x`'s dtype.
+/// Whether [`dense_matvec_qkv_rope`] handles Q/K/V `ws` times `x` into `rope`
+/// ([`QkvRope::fits`]).
 pub fn qkv_rope_supported(ws: [&Tensor; 3], x: &Tensor, rope: &QkvRope) -> bool {
-    let heights = ws.map(|w| w.dims().first().copied().unwrap_or(0));
-    let head_dim = rope.head_dim;
-    group_supported(&ws, x)
-        && head_dim > 0
-        && head_dim.is_multiple_of(8)
-        && heights[0].is_multiple_of(head_dim)
-        && heights[1] == heights[2]
-        && heights[1].is_multiple_of(head_dim)
-        && rope.k_cache.dtype() == x.dtype()
-        && rope.v_cache.dtype() == x.dtype()
+    group_supported(&ws, x) && rope.fits(ws.map(|w| w.dims().first().copied().unwrap_or(0)), x.dtype())
 }
 
 /// The Q, K, V products of a generation step and, in the same launch, what

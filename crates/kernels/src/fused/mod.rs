@@ -163,6 +163,22 @@ pub struct QkvRope<'a> {
     pub head_dim: usize,
 }
 
+impl QkvRope<'_> {
+    /// Whether a rotating launch can take Q, K, V of `heights` rows with activations of `dtype`:
+    /// whole heads of `head_dim`, a multiple of 8 (a launch's block holds whole rotation pairs),
+    /// K and V of one height, a pool of `dtype`.
+    pub fn fits(&self, heights: [usize; 3], dtype: DType) -> bool {
+        let head_dim = self.head_dim;
+        head_dim > 0
+            && head_dim.is_multiple_of(8)
+            && heights[0].is_multiple_of(head_dim)
+            && heights[1] == heights[2]
+            && heights[1].is_multiple_of(head_dim)
+            && self.k_cache.dtype() == dtype
+            && self.v_cache.dtype() == dtype
+    }
+}
+
 /// Rotates `q` `[tokens, heads, head_dim]` and `k` `[tokens, kv_heads, head_dim]`, writes the
 /// rotated k and `v` to the pool (`[num_blocks, block_size, kv_heads, head_dim]`) at each token's
 /// slot, and returns the rotated q.
@@ -230,4 +246,27 @@ pub fn gated_act_reference(gate: &Tensor, up: &Tensor, act: GatedActivation) -> 
         GatedActivation::GeluTanh => g.gelu()?,
     };
     Ok((activated * up.to_dtype(DType::F32)?)?.to_dtype(gate.dtype())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+
+    use super::{QkvRope, RopeKvInputs};
+
+    /// A rotating launch takes whole heads of a multiple of 8, K and V of one height, and a pool
+    /// of the activations' dtype.
+    #[test]
+    fn a_rotating_launch_fits_whole_heads_and_its_pool_dtype() {
+        let t = |dtype| Tensor::zeros(1, dtype, &Device::Cpu).unwrap();
+        let (table, index, pool) = (t(DType::F32), t(DType::U32), t(DType::BF16));
+        let rope = RopeKvInputs { cos: &table, sin: &table, positions: &index, slot_mapping: &index };
+        let target = |head_dim| QkvRope { rope: &rope, k_cache: &pool, v_cache: &pool, head_dim };
+        assert!(target(64).fits([256, 128, 128], DType::BF16));
+        assert!(!target(64).fits([256, 128, 192], DType::BF16), "K and V of different heights");
+        assert!(!target(64).fits([256, 96, 96], DType::BF16), "K of part of a head");
+        assert!(!target(12).fits([48, 24, 24], DType::BF16), "heads of a width that is not a multiple of 8");
+        assert!(!target(0).fits([0, 0, 0], DType::BF16), "no heads");
+        assert!(!target(64).fits([256, 128, 128], DType::F16), "a pool of another dtype");
+    }
 }

@@ -110,3 +110,74 @@ pub(crate) fn rope_views<'a, T: CudaDType, G: std::ops::Deref<Target = Storage>>
     let index = |i: usize| op(i).and_then(|(s, l)| contiguous_view::<u32>(s, l, "qkv_rope: positions/slots"));
     Ok(RopeViews { caches: [view(0)?, view(1)?], tables: [table(2)?, table(3)?], indices: [index(4)?, index(5)?] })
 }
+
+/// The binding both rotating launches' GPU tests share (`quant_matvec` and `dense_matvec`).
+#[cfg(test)]
+pub(crate) mod tests {
+    use candle_core::{DType, Device, Tensor};
+
+    use crate::fused::{self, QkvRope, RopeKvInputs};
+    use crate::relative_diff;
+
+    /// Q/K/V of `heads` and `kv_heads` heads of 64 over a width of 512, as a launch takes them.
+    pub(crate) struct Shape {
+        pub hidden: usize,
+        pub head_dim: usize,
+        pub heads: usize,
+        pub kv_heads: usize,
+    }
+
+    pub(crate) const SHAPE: Shape = Shape { hidden: 512, head_dim: 64, heads: 4, kv_heads: 2 };
+    const MAX_POSITIONS: usize = 64;
+
+    /// For BF16 and F16 and 1, 2, 3 and 8 rows: `launch(x, target)` (rotated q) equals
+    /// `products(x)` (q, k, v) then `rope_write_kv` bit for bit, q and both pools, and writes
+    /// the pools; `supported(x, target)` holds. Then a target it cannot rotate (heads 12 wide, a
+    /// pool of another dtype) is declined, and a pool of the wrong shape is refused.
+    pub(crate) fn check_rotating_launch(
+        device: &Device,
+        supported: impl Fn(&Tensor, &QkvRope) -> bool,
+        launch: impl Fn(&Tensor, &QkvRope) -> crate::Result<Tensor>,
+        products: impl Fn(&Tensor) -> [Tensor; 3],
+    ) {
+        let Shape { hidden, head_dim, heads, kv_heads } = SHAPE;
+        let cos = Tensor::randn(0f32, 1.0, (MAX_POSITIONS, head_dim / 2), device).unwrap();
+        let sin = Tensor::randn(0f32, 1.0, (MAX_POSITIONS, head_dim / 2), device).unwrap();
+        let indices = |rows: u32, f: &dyn Fn(u32) -> u32| Tensor::new((0..rows).map(f).collect::<Vec<u32>>(), device).unwrap();
+        for dtype in [DType::BF16, DType::F16] {
+            for rows in [1, 2, 3, 8] {
+                let what = format!("{dtype:?} rows {rows}");
+                let x = Tensor::randn(0f32, 1.0, (rows, hidden), device).unwrap().to_dtype(dtype).unwrap();
+                let positions = indices(rows as u32, &|r| (7 * r + 3) % MAX_POSITIONS as u32);
+                let slots = indices(rows as u32, &|r| 5 * r + 1);
+                let rope = RopeKvInputs { cos: &cos, sin: &sin, positions: &positions, slot_mapping: &slots };
+                let pool = || Tensor::zeros((4, 16, kv_heads, head_dim), dtype, device).unwrap();
+                let (k_fused, v_fused, k_apart, v_apart) = (pool(), pool(), pool(), pool());
+
+                let target = QkvRope { rope: &rope, k_cache: &k_fused, v_cache: &v_fused, head_dim };
+                assert!(supported(&x, &target), "{what}");
+                let fused_q = launch(&x, &target).unwrap();
+                let [gq, gk, gv] = products(&x);
+                let heads_of = |t: &Tensor, n: usize| t.reshape((rows, n, head_dim)).unwrap();
+                let apart_q = fused::rope_write_kv(&heads_of(&gq, heads), &heads_of(&gk, kv_heads), &heads_of(&gv, kv_heads), &rope, &k_apart, &v_apart).unwrap();
+                assert_eq!(fused_q.dims(), [rows, heads, head_dim]);
+                assert_eq!(relative_diff(&fused_q, &apart_q), 0.0, "{what}: rotated q");
+                assert_eq!(relative_diff(&k_fused, &k_apart), 0.0, "{what}: k in the pool");
+                assert_eq!(relative_diff(&v_fused, &v_apart), 0.0, "{what}: v in the pool");
+                let written = |t: &Tensor| t.abs().unwrap().sum_all().unwrap().to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap();
+                assert!(written(&k_fused) > 0.0 && written(&v_fused) > 0.0, "{what}: k and v written");
+            }
+        }
+        let x = Tensor::randn(0f32, 1.0, (1, hidden), device).unwrap().to_dtype(DType::BF16).unwrap();
+        let (positions, slots) = (indices(1, &|_| 0), indices(1, &|_| 0));
+        let rope = RopeKvInputs { cos: &cos, sin: &sin, positions: &positions, slot_mapping: &slots };
+        let pool = |dtype, width| Tensor::zeros((4, 16, kv_heads, width), dtype, device).unwrap();
+        let (bf16_pool, f32_pool, narrow_pool) = (pool(DType::BF16, head_dim), pool(DType::F32, head_dim), pool(DType::BF16, head_dim / 2));
+        let target = |pool: &Tensor, head_dim| supported(&x, &QkvRope { rope: &rope, k_cache: pool, v_cache: pool, head_dim });
+        assert!(!target(&bf16_pool, 12), "heads of a width that is not a multiple of 8");
+        assert!(!target(&f32_pool, head_dim), "a pool of another dtype");
+        let wrong = QkvRope { rope: &rope, k_cache: &narrow_pool, v_cache: &narrow_pool, head_dim };
+        let err = launch(&x, &wrong).unwrap_err().to_string();
+        assert!(err.contains("do not fit"), "{err}");
+    }
+}

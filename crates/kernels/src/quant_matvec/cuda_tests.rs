@@ -243,50 +243,22 @@ fn int8_rows_from_the_norm_give_the_same_products_as_quantizing_in_the_blocks() 
     assert!(fused::f32_stream_norm_int8(None, &odd, &odd_weight, 1e-5).is_err());
 }
 
+/// The rotating Q/K/V launch equals the grouped products then `rope_write_kv`, bit for bit
+/// (`fused::qkv_rope_launch::tests::check_rotating_launch`), with Q4_K and Q6_K matrices.
 #[test]
 fn the_rotating_qkv_launch_equals_the_group_then_rope_write_kv() {
-    use crate::fused::{self, RopeKvInputs};
+    use crate::fused::qkv_rope_launch::tests::{check_rotating_launch, SHAPE};
     let Some(device) = gpu() else { return };
-    let (hidden, head_dim, heads, kv_heads, max_positions) = (512, 64, 4, 2, 64);
     let matrix = |n: usize, format| {
-        let w = Tensor::randn(0f32, 0.05, (n, hidden), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 0.05, (n, SHAPE.hidden), &Device::Cpu).unwrap();
         QTensor::quantize_onto(&w, format, &device).unwrap()
     };
-    let q = matrix(heads * head_dim, GgmlDType::Q4K);
-    let (k, v) = (matrix(kv_heads * head_dim, GgmlDType::Q6K), matrix(kv_heads * head_dim, GgmlDType::Q4K));
-    let cos = Tensor::randn(0f32, 1.0, (max_positions, head_dim / 2), &device).unwrap();
-    let sin = Tensor::randn(0f32, 1.0, (max_positions, head_dim / 2), &device).unwrap();
-    for dtype in [DType::BF16, DType::F16] {
-        for rows in [1, 2, 3, 8] {
-            let what = format!("{dtype:?} rows {rows}");
-            let x = Tensor::randn(0f32, 1.0, (rows, hidden), &device).unwrap().to_dtype(dtype).unwrap();
-            let positions: Vec<u32> = (0..rows as u32).map(|r| (7 * r + 3) % max_positions as u32).collect();
-            let slots: Vec<u32> = (0..rows as u32).map(|r| 5 * r + 1).collect();
-            let (positions, slots) = (Tensor::new(positions, &device).unwrap(), Tensor::new(slots, &device).unwrap());
-            let rope = RopeKvInputs { cos: &cos, sin: &sin, positions: &positions, slot_mapping: &slots };
-            let pool = || Tensor::zeros((4, 16, kv_heads, head_dim), dtype, &device).unwrap();
-            let (k_fused, v_fused, k_apart, v_apart) = (pool(), pool(), pool(), pool());
-
-            assert!(qkv_rope_supported([&q, &k, &v], &x, head_dim));
-            let target = QkvRope { rope: &rope, k_cache: &k_fused, v_cache: &v_fused, head_dim };
-            let fused_q = quant_matvec_qkv_rope([&q, &k, &v], &x, None, &target).unwrap();
-            let [gq, gk, gv]: [Tensor; 3] = quant_matvec_group(&[&q, &k, &v], &x, None).unwrap().try_into().unwrap();
-            let heads_of = |t: &Tensor, n: usize| t.reshape((rows, n, head_dim)).unwrap();
-            let apart_q = fused::rope_write_kv(&heads_of(&gq, heads), &heads_of(&gk, kv_heads), &heads_of(&gv, kv_heads), &rope, &k_apart, &v_apart).unwrap();
-            assert_eq!(fused_q.dims(), [rows, heads, head_dim]);
-            assert_eq!(relative_diff(&fused_q, &apart_q), 0.0, "{what}: rotated q");
-            assert_eq!(relative_diff(&k_fused, &k_apart), 0.0, "{what}: k in the pool");
-            assert_eq!(relative_diff(&v_fused, &v_apart), 0.0, "{what}: v in the pool");
-            assert!(k_fused.abs().unwrap().sum_all().unwrap().to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap() > 0.0, "{what}: k written");
-        }
-    }
-    let x = Tensor::randn(0f32, 1.0, (1, hidden), &device).unwrap().to_dtype(DType::BF16).unwrap();
-    assert!(!qkv_rope_supported([&q, &k, &v], &x, 12), "heads of a width that is not a multiple of 8");
-    assert!(!qkv_rope_supported([&q, &k, &q], &x, head_dim), "K and V of different heights");
-    let (positions, slots) = (Tensor::new(&[0u32], &device).unwrap(), Tensor::new(&[0u32], &device).unwrap());
-    let rope = RopeKvInputs { cos: &cos, sin: &sin, positions: &positions, slot_mapping: &slots };
-    let wrong_pool = Tensor::zeros((4, 16, kv_heads, head_dim / 2), DType::BF16, &device).unwrap();
-    let target = QkvRope { rope: &rope, k_cache: &wrong_pool, v_cache: &wrong_pool, head_dim };
-    let err = quant_matvec_qkv_rope([&q, &k, &v], &x, None, &target).unwrap_err().to_string();
-    assert!(err.contains("do not fit"), "{err}");
+    let q = matrix(SHAPE.heads * SHAPE.head_dim, GgmlDType::Q4K);
+    let (k, v) = (matrix(SHAPE.kv_heads * SHAPE.head_dim, GgmlDType::Q6K), matrix(SHAPE.kv_heads * SHAPE.head_dim, GgmlDType::Q4K));
+    check_rotating_launch(
+        &device,
+        |x, target| qkv_rope_supported([&q, &k, &v], x, target),
+        |x, target| quant_matvec_qkv_rope([&q, &k, &v], x, None, target),
+        |x| quant_matvec_group(&[&q, &k, &v], x, None).unwrap().try_into().unwrap(),
+    );
 }

@@ -148,16 +148,10 @@ pub fn quant_matvec_gated(
     }
 }
 
-/// Whether [`quant_matvec_qkv_rope`] handles Q/K/V `ws` times `x` with heads of `head_dim`
-/// (a multiple of 8, so that a block of 8 rows holds 4 whole rotation pairs).
-pub fn qkv_rope_supported(ws: [&QTensor; 3], x: &Tensor, head_dim: usize) -> bool {
-    let heights = ws.map(|w| w.shape().dims()[0]);
-    group_supported(&ws, x)
-        && head_dim > 0
-        && head_dim.is_multiple_of(8)
-        && heights[0].is_multiple_of(head_dim)
-        && heights[1] == heights[2]
-        && heights[1].is_multiple_of(head_dim)
+/// Whether [`quant_matvec_qkv_rope`] handles Q/K/V `ws` times `x` into `rope`
+/// ([`QkvRope::fits`]).
+pub fn qkv_rope_supported(ws: [&QTensor; 3], x: &Tensor, rope: &QkvRope) -> bool {
+    group_supported(&ws, x) && rope.fits(ws.map(|w| w.shape().dims()[0]), x.dtype())
 }
 
 /// The Q, K, V products of a generation step and, in the same launch, what
